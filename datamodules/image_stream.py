@@ -1,0 +1,283 @@
+"""WebDataset pipelines that turn image shards into batches.
+
+Two streams:
+
+- training: shards are drawn with replacement, so the stream never ends and every rank
+  and worker produces batches at the same rate. A shuffle buffer and optional flips
+  follow. The caller cuts the stream into epochs of a fixed number of batches.
+- validation: every shard is read once, split over ranks and then workers, in order.
+
+Both decode ``png``/``jpg`` members with PIL to ``(C, H, W)`` float32 in [-1, 1] and
+``cls`` to an int64 label. A sample that fails to decode is skipped and counted, or
+raises ``CorruptSampleError`` when ``corrupt="raise"``.
+
+All randomness comes from ``(seed, epoch, rank, worker)``, so a run is reproducible
+and each epoch differs. The pipelines are built from ``webdataset.DataPipeline``
+stages rather than ``webdataset.WebDataset(resampled=True)``, because the latter seeds
+its shard sampler from the clock and the process id.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import multiprocessing
+import random
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from unisep.datamodules.image_transforms import CHANNEL_MODES, adm_center_crop, image_to_tensor
+
+logger = logging.getLogger(__name__)
+
+CorruptPolicy = Literal["skip", "raise"]
+IMAGE_MEMBERS = ("png", "jpg", "jpeg", "webp")
+
+# Corrupt samples logged one by one before only every 1000th is logged; the count is
+# shared by all workers of a stream.
+_MAX_CORRUPT_WARNINGS = 10
+_CORRUPT_LOG_EVERY = 1000
+
+
+class CorruptSampleError(ValueError):
+    """A sample in a shard could not be decoded and ``corrupt="raise"`` was set."""
+
+
+class SkipCounter:
+    """Count skipped samples across DataLoader worker processes.
+
+    The count lives in shared memory (``multiprocessing.Value``), so increments made in
+    worker processes are visible in the main process. Create it in the main process
+    before the workers start.
+    """
+
+    def __init__(self) -> None:
+        self._value = multiprocessing.Value("q", 0)
+
+    def increment(self) -> int:
+        """Add one and return the new total."""
+        with self._value.get_lock():
+            self._value.value += 1
+            return self._value.value
+
+    @property
+    def value(self) -> int:
+        """Samples skipped so far."""
+        return self._value.value
+
+
+def worker_info() -> tuple[int, int]:
+    """Return ``(worker_id, num_workers)`` of the current DataLoader worker, ``(0, 1)`` outside one."""
+    info = torch.utils.data.get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+def derive_seed(*parts: int) -> int:
+    """Mix integers into one 64-bit seed with numpy's SeedSequence (well spread for nearby inputs)."""
+    return int(np.random.SeedSequence([p % (1 << 64) for p in parts]).generate_state(1, np.uint64)[0])
+
+
+def _worker_rng(seed: int, stage: int) -> random.Random:
+    worker, _ = worker_info()
+    return random.Random(derive_seed(seed, worker, stage))
+
+
+def _log_and_continue(error: Exception) -> bool:
+    """Webdataset handler for unreadable tar files: log and go on with the next shard."""
+    logger.warning("Skipped the rest of a shard that could not be read: %r", error)
+    return True
+
+
+class DecodeImages:
+    """Pipeline stage: raw webdataset samples -> ``{"image", "label"}`` dicts.
+
+    Args:
+        image_size: Output side in pixels; stored images of another size are ADM
+            centre-cropped to it.
+        channels: 1 (grayscale) or 3 (RGB).
+        corrupt: ``"skip"`` counts and logs a bad sample; ``"raise"`` raises
+            ``CorruptSampleError`` naming its key and shard.
+        counter: Shared count of skipped samples.
+        random_flip: Flip horizontally with probability 0.5.
+        seed: Seed of the flip decisions; the worker id is mixed in.
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size: int,
+        channels: int,
+        corrupt: CorruptPolicy,
+        counter: SkipCounter,
+        random_flip: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if channels not in CHANNEL_MODES:
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        self.image_size = image_size
+        self.channels = channels
+        self.corrupt = corrupt
+        self.counter = counter
+        self.random_flip = random_flip
+        self.seed = seed
+
+    def decode(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """Decode one sample; raise ValueError or OSError when it is unusable.
+
+        Returns:
+            ``{"image": (C, image_size, image_size) float32 in [-1, 1], "label": int}``.
+        """
+        member = next((m for m in IMAGE_MEMBERS if m in sample), None)
+        if member is None:
+            present = sorted(k for k in sample if not k.startswith("__"))
+            raise ValueError(f"no image member ({', '.join(IMAGE_MEMBERS)}); members are {present}")
+        if "cls" not in sample:
+            raise ValueError("no cls member")
+        label = int(sample["cls"].decode("utf-8").strip())
+
+        with Image.open(io.BytesIO(sample[member])) as opened:
+            opened.load()  # decode now, so truncated data fails inside this sample's try
+            image = opened.convert(CHANNEL_MODES[self.channels])
+        if image.size != (self.image_size, self.image_size):
+            image = adm_center_crop(image, self.image_size)
+        return {"image": image_to_tensor(image, self.channels), "label": label}
+
+    def _record_skip(self, sample: dict[str, Any], error: Exception) -> None:
+        key, url = sample.get("__key__"), sample.get("__url__")
+        if self.corrupt == "raise":
+            raise CorruptSampleError(
+                f"corrupt sample {key!r} in shard {url}: {error!r}. "
+                'Set corrupt="skip" to skip such samples, or rewrite the shard.'
+            ) from error
+        total = self.counter.increment()
+        if total <= _MAX_CORRUPT_WARNINGS or total % _CORRUPT_LOG_EVERY == 0:
+            logger.warning("Skipped corrupt sample %r in shard %s: %r (%d skipped so far)", key, url, error, total)
+
+    def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        rng = _worker_rng(self.seed, stage=1) if self.random_flip else None
+        for sample in samples:
+            try:
+                decoded = self.decode(sample)
+            except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
+                # PIL raises OSError for unidentified or truncated data, and SyntaxError
+                # or EOFError from some format plugins for damaged chunks.
+                self._record_skip(sample, error)
+                continue
+            if rng is not None and rng.random() < 0.5:
+                decoded["image"] = decoded["image"].flip(-1)
+            yield decoded
+
+
+class ShuffleBuffer:
+    """Pipeline stage: ``webdataset.shuffle`` seeded per worker at iteration time.
+
+    ``wds.shuffle(seed=...)`` would give every worker the same seed, because the stage
+    is built once in the main process and copied into the workers.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+
+    def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        rng = _worker_rng(self.seed, stage=2)
+        return wds.shuffle(self.size, initial=self.size, rng=rng)(iter(samples))
+
+
+class SplitByRank:
+    """Pipeline stage: keep every ``world_size``-th shard URL, starting at ``rank``.
+
+    Rank and world size are passed in from the trainer instead of read from
+    ``torch.distributed`` inside the worker, where spawned workers see no process group.
+    """
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank = rank
+        self.world_size = world_size
+
+    def __call__(self, urls: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for i, url in enumerate(urls):
+            if i % self.world_size == self.rank:
+                yield url
+
+
+def collate_images(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack decoded samples into ``{"image": (B, C, H, W) float32, "label": (B,) int64}``."""
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        "label": torch.tensor([s["label"] for s in samples], dtype=torch.int64),
+    }
+
+
+def _dataloader_worker_id() -> int:
+    return worker_info()[0]
+
+
+def train_pipeline(
+    urls: list[str],
+    *,
+    decoder: DecodeImages,
+    batch_size: int,
+    shuffle_buffer: int,
+    seed: int,
+    epoch: int,
+    rank: int,
+) -> wds.DataPipeline:
+    """Build the endless training stream of one rank for one epoch.
+
+    Each rank and worker draws shards with replacement from its own seeded generator,
+    so no node splitting is needed. All ranks yield batches without end, and the
+    caller takes a fixed number of batches per epoch.
+
+    Args:
+        urls: All shard URLs (every rank gets the full list).
+        decoder: Decoding stage; its seed should already include the epoch and rank.
+        batch_size: Samples per batch on this rank.
+        shuffle_buffer: Samples held in the shuffle buffer of each worker.
+        seed: Run seed.
+        epoch: Epoch number; a new epoch draws new shards and a new shuffle order.
+        rank: Global rank of this process.
+
+    Returns:
+        A pipeline yielding ``{"image": (batch_size, C, H, W), "label": (batch_size,)}``.
+    """
+    stream_seed = derive_seed(seed, epoch, rank)
+    handler = wds.reraise_exception if decoder.corrupt == "raise" else _log_and_continue
+    return wds.DataPipeline(
+        # deterministic=True: the shard draws depend only on (seed, worker id), not the clock.
+        wds.ResampledShards(urls, seed=stream_seed, deterministic=True, worker_seed=_dataloader_worker_id),
+        wds.tarfile_to_samples(handler=handler),
+        ShuffleBuffer(shuffle_buffer, stream_seed),
+        decoder,
+        wds.batched(batch_size, collation_fn=collate_images, partial=False),
+    )
+
+
+def val_pipeline(
+    urls: list[str],
+    *,
+    decoder: DecodeImages,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+) -> wds.DataPipeline:
+    """Build the finite validation stream of one rank.
+
+    Shards are split over ranks, then over DataLoader workers, so over all ranks each
+    readable sample is yielded once. The last batch of each
+    worker may be smaller than ``batch_size``.
+    """
+    handler = wds.reraise_exception if decoder.corrupt == "raise" else _log_and_continue
+    return wds.DataPipeline(
+        wds.SimpleShardList(urls),
+        SplitByRank(rank, world_size),
+        wds.split_by_worker,
+        wds.tarfile_to_samples(handler=handler),
+        decoder,
+        wds.batched(batch_size, collation_fn=collate_images, partial=True),
+    )

@@ -1,0 +1,61 @@
+"""Rotary position embedding (RoPE, Su et al. 2021) over one or several axes.
+
+A position is a vector of coordinates, one per axis (1 axis for a token sequence, 3 for
+video: frame, row, column). The head dimension is split between the axes, and each
+axis rotates its share of channel pairs by `position * frequency`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class RotaryEmbedding(nn.Module):
+    """Produce the (cos, sin) tables for given positions.
+
+    Args:
+        head_dim: channels per attention head (even).
+        axes_dims: channels given to each axis; sums to head_dim, each even.
+            Default: one axis using all channels.
+        theta: base wavelength.
+    """
+
+    def __init__(self, head_dim: int, axes_dims: tuple[int, ...] | None = None, theta: float = 10000.0):
+        super().__init__()
+        axes_dims = axes_dims or (head_dim,)
+        if sum(axes_dims) != head_dim or any(d % 2 for d in axes_dims):
+            raise ValueError(
+                f"rotary axes_dims {axes_dims} must be even and sum to head_dim={head_dim}"
+            )
+        self.head_dim = head_dim
+        self.axes_dims = tuple(axes_dims)
+        for axis, dim in enumerate(axes_dims):
+            freqs = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+            self.register_buffer(f"freqs_{axis}", freqs, persistent=False)
+
+    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Return cos and sin of shape (tokens, head_dim // 2) for positions (tokens, axes)."""
+        if positions.dim() == 1:
+            positions = positions[:, None]
+        if positions.shape[-1] != len(self.axes_dims):
+            raise ValueError(
+                f"positions have {positions.shape[-1]} axes, rotary embedding expects {len(self.axes_dims)}"
+            )
+        angles = [
+            positions[:, axis, None].float() * getattr(self, f"freqs_{axis}")[None, :]
+            for axis in range(len(self.axes_dims))
+        ]
+        angles = torch.cat(angles, dim=-1)
+        return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate channel pairs (2i, 2i+1) of `x` (batch, heads, tokens, head_dim).
+
+    `cos` and `sin` are (tokens, head_dim // 2) from `RotaryEmbedding`.
+    """
+    x_pairs = x.float().unflatten(-1, (-1, 2))
+    real, imag = x_pairs[..., 0], x_pairs[..., 1]
+    rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
+    return rotated.flatten(-2).to(x.dtype)
