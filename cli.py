@@ -20,7 +20,11 @@ TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 class UnisepCLI(LightningCLI):
-    """LightningCLI with model and data given by `class_path` in the config."""
+    """LightningCLI with model and data given by `class_path` in the config.
+
+    Every fit logs throughput and peak memory: a `Throughput` callback is added when
+    the config names none.
+    """
 
     def __init__(self, args: list[str] | None = None, **kwargs):
         super().__init__(
@@ -30,6 +34,14 @@ class UnisepCLI(LightningCLI):
             args=args,
             **kwargs,
         )
+
+    def instantiate_trainer(self, **kwargs):
+        from unisep.callbacks.throughput import Throughput
+
+        trainer = super().instantiate_trainer(**kwargs)
+        if not any(isinstance(callback, Throughput) for callback in trainer.callbacks):
+            trainer.callbacks.append(Throughput())
+        return trainer
 
 
 def _tool_commands() -> dict[str, dict[str, tuple[str, str]]]:

@@ -137,8 +137,9 @@ class _FIDCallback(Callback):
             for logger in trainer.loggers:
                 logger.log_metrics({result["metric_name"]: result["value"]}, step=trainer.global_step)
         trainer.callback_metrics[result["metric_name"]] = torch.tensor(result["value"])
+        # trainer.log_dir is a broadcast, so every rank must read it, not only the writer.
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         if trainer.is_global_zero:
-            run_dir = Path(trainer.log_dir or trainer.default_root_dir)
             update_metrics_json(run_dir, {self.metrics_key: result["value"], f"{self.metrics_key}_protocol": result["protocol"]})
 
     @property

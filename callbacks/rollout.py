@@ -34,9 +34,13 @@ from unisep.callbacks.image_grid import make_grid, save_png, to_uint8
 from unisep.callbacks.metrics_file import update_metrics_json
 from unisep.callbacks.sample_grid import log_image
 
+# PSNR of a frame predicted exactly is infinite; capping it keeps averages finite. 100 dB
+# is an MSE of 1e-10 on [0, 1] frames, beyond any real prediction.
+MAX_PSNR_DB = 100.0
+
 
 def frame_scores(prediction: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """PSNR (dB) and SSIM of each frame of videos (batch, frames, C, H, W) in [-1, 1].
+    """PSNR (dB, capped at `MAX_PSNR_DB`) and SSIM of each frame of videos (batch, frames, C, H, W) in [-1, 1].
 
     Returns:
         Two (batch, frames) tensors.
@@ -44,7 +48,7 @@ def frame_scores(prediction: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     batch, frames = prediction.shape[:2]
     pred = ((prediction.float().clamp(-1, 1) + 1) / 2).flatten(0, 1)
     true = ((target.float().clamp(-1, 1) + 1) / 2).flatten(0, 1)
-    psnr = peak_signal_noise_ratio(pred, true, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    psnr = peak_signal_noise_ratio(pred, true, data_range=1.0, reduction="none", dim=(1, 2, 3)).clamp(max=MAX_PSNR_DB)
     ssim = structural_similarity_index_measure(pred, true, data_range=1.0, reduction="none")
     return psnr.view(batch, frames), ssim.view(batch, frames)
 

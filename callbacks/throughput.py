@@ -216,5 +216,8 @@ class Throughput(Callback):
                 f"Throughput: fewer than {self._every(trainer)} training batches, no window measured; "
                 f"peak memory {summary['peak_memory_gib']:.2f} GiB ({summary['peak_memory_kind']})"
             )
-        if self.write_metrics_json and trainer.is_global_zero:
-            update_metrics_json(Path(trainer.log_dir or trainer.default_root_dir), {"throughput": summary})
+        if self.write_metrics_json:
+            # trainer.log_dir is a broadcast, so every rank must read it, not only the writer.
+            run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+            if trainer.is_global_zero:
+                update_metrics_json(run_dir, {"throughput": summary})

@@ -16,12 +16,16 @@ from unisep.datamodules.digits import digits_to_uint8
 
 
 def _bounce(position: float, velocity: float, limit: float) -> tuple[float, float]:
-    """Advance one step and reflect off the interval [0, limit]."""
+    """Advance one step and reflect off the borders of [0, limit], as often as needed."""
+    if limit <= 0:
+        return 0.0, velocity
     position += velocity
-    if position < 0:
-        position, velocity = -position, -velocity
-    elif position > limit:
-        position, velocity = 2 * limit - position, -velocity
+    # A step longer than the interval reflects more than once; each pass shortens the overshoot.
+    while position < 0 or position > limit:
+        if position < 0:
+            position, velocity = -position, -velocity
+        else:
+            position, velocity = 2 * limit - position, -velocity
     return position, velocity
 
 
@@ -29,7 +33,7 @@ def make_moving_digits(
     num_videos: int,
     num_frames: int,
     image_size: int = 32,
-    digit_size: int = 14,
+    digit_size: int | None = None,
     digits_per_video: int = 1,
     max_speed: float = 2.5,
     seed: int = 0,
@@ -41,7 +45,8 @@ def make_moving_digits(
         num_videos: number of videos.
         num_frames: frames per video.
         image_size: side of the square canvas in pixels.
-        digit_size: side of each upsampled digit in pixels, at most `image_size`.
+        digit_size: side of each upsampled digit in pixels, at most `image_size`; None
+            uses 7/16 of the canvas (14 px on 32 px).
         digits_per_video: digits moving in each video.
         max_speed: maximum speed along each axis, in pixels per frame; each digit's
             speed is drawn uniformly from [max_speed / 3, max_speed] per axis with a
@@ -54,6 +59,8 @@ def make_moving_digits(
         `videos` uint8 (num_videos, num_frames, image_size, image_size, 1) and
         `labels` int64 (num_videos, digits_per_video), the classes of the digits shown.
     """
+    if digit_size is None:
+        digit_size = max(8, image_size * 7 // 16)
     if digit_size > image_size:
         raise ValueError(f"digit_size {digit_size} must not exceed image_size {image_size}")
     if min(num_videos, num_frames, digits_per_video) < 1:

@@ -8,7 +8,7 @@ the EMA copy, which `generate()`, `reconstruct()` and the evaluation callbacks u
 
 from __future__ import annotations
 
-import math
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -25,6 +25,11 @@ from unisep.lightning_modules.unite_loss import UniteLoss
 from unisep.networks.modality import Modality, modality_from_config
 from unisep.networks.presets import unite_preset
 from unisep.networks.unite import UniteNetwork
+
+
+# The EMA copy is kept in eval mode on purpose (it is only ever evaluated), which
+# Lightning reports at every fit start.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
 
 
 class UNITE(LightningModule):
@@ -131,6 +136,28 @@ class UNITE(LightningModule):
         """Data tokens per sample plus K latent tokens, for throughput logs."""
         return self.modality.tokens_per_sample() + self.size.latent_tokens
 
+    @property
+    def flops_per_sample(self) -> float:
+        """Estimated training FLOPs per sample, for MFU.
+
+        6 FLOPs per weight per token (forward and backward) of the transformer blocks'
+        matrices, over the tokenize pass (data + K tokens), the N denoising passes (K
+        tokens) and the decoder (one token per latent); attention score FLOPs and the
+        per-sample adaLN maps are left out, so this is an estimate from below.
+        """
+        def block_weights(module) -> int:
+            return sum(
+                p.numel()
+                for name, p in module.named_parameters()
+                if p.ndim == 2 and ".blocks." in f".{name}" and "modulation" not in name
+            )
+
+        ge = block_weights(self.network.encoder)
+        tokens = self.modality.tokens_per_sample() + self.size.latent_tokens
+        denoise = self.loss.denoising_passes * self.size.latent_tokens
+        decoder = block_weights(self.network.decoder) * max(self.modality.tokens_per_sample(), self.size.latent_tokens)
+        return 6.0 * (ge * (tokens + denoise) + decoder)
+
     def sampling_network(self, use_ema: bool | None = None) -> UniteNetwork:
         """The EMA network (default) or the trained one."""
         use_ema = self.use_ema_for_eval if use_ema is None else use_ema
@@ -161,7 +188,9 @@ class UNITE(LightningModule):
         trainer = self._trainer
         if trainer is None or self.global_step % max(1, trainer.log_every_n_steps) != 0:
             return
-        if self.global_step < self.loss.flow_weight_warmup_steps:
+        # The zero-initialised output layer makes every latent equal at step 0, so
+        # judge only after the flow weight warm-up, and no earlier than step 200.
+        if self.global_step < max(self.loss.flow_weight_warmup_steps, 200):
             return
         value = float(latent_std)
         if value < self.hparams.latent_collapse_threshold:

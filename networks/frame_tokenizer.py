@@ -146,7 +146,9 @@ class TorchScriptTokenizer(FrameTokenizer):
                 " and set the tokenizer's path to it"
             )
         self.autoencoder = torch.jit.load(str(file), map_location="cpu")
-        self.autoencoder.requires_grad_(False)
+        # ScriptModules do not implement requires_grad_(), so freeze parameter by parameter.
+        for parameter in self.autoencoder.parameters():
+            parameter.requires_grad_(False)
         self.autoencoder.eval()
         self.image_size = image_size
         self.channels = channels

@@ -1,6 +1,6 @@
 """Molecule modality: atoms as tokens, following the All-atom Diffusion Transformer (ADiT).
 
-A molecule is `max_atoms` atom slots. Each slot holds an element index into the
+A molecule is `max_atoms` atom slots. Each slot contains an element index into the
 vocabulary, or the padding index `len(elements)` ("no atom"), and a 3-D position in
 angstrom. The front end embeds every atom as
 

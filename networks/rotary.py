@@ -2,7 +2,9 @@
 
 A position is a vector of coordinates, one per axis (1 axis for a token sequence, 3 for
 video: frame, row, column). The head dimension is split between the axes, and each
-axis rotates its share of channel pairs by `position * frequency`.
+axis rotates its share of channel pairs by `position * frequency`. Rotations keep
+vector norms, and the dot product of a rotated query and key depends only on the
+difference of their positions.
 """
 
 from __future__ import annotations
@@ -51,11 +53,12 @@ class RotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate channel pairs (2i, 2i+1) of `x` (batch, heads, tokens, head_dim).
+    """Rotate channel pairs (i, i + head_dim / 2) of `x` (batch, heads, tokens, head_dim).
 
-    `cos` and `sin` are (tokens, head_dim // 2) from `RotaryEmbedding`.
+    `cos` and `sin` are (tokens, head_dim // 2) from `RotaryEmbedding`. Pairing a channel
+    with the one half a head away (rather than its neighbour) is the same rotation up to
+    a fixed channel permutation and needs no interleaved copies.
     """
-    x_pairs = x.float().unflatten(-1, (-1, 2))
-    real, imag = x_pairs[..., 0], x_pairs[..., 1]
-    rotated = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
