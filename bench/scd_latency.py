@@ -10,7 +10,7 @@ over the repeats, and `speedup` is the causal DiT's steady-state time over SCD's
 Weights are random (cost does not depend on their values), and timing stops at the
 tokens, so no frame tokenizer decodes to pixels.
 
-    python bench/scd_latency.py                      # default sweep, about 3 minutes on 2 CPU cores
+    python bench/scd_latency.py                      # default sweep, single-threaded
     python bench/scd_latency.py --steps 50 --context 144 --repeats 5
 """
 
@@ -82,7 +82,7 @@ def measure_setting(
     context = torch.randn(1, context_frames, tokens_per_frame, token_channels, device=device)
     models = {"scd": (scd_rollout, scd), "causal_dit": (causal_dit_rollout, causal_dit)}
     for rollout, network in models.values():
-        time_rollout(rollout, network, context, 2, steps, device)
+        time_rollout(rollout, network, context, 1, steps, device)
 
     first: dict[str, list[float]] = {name: [] for name in models}
     steady: dict[str, list[float]] = {name: [] for name in models}
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[4, 10, 50], help="sampling steps per frame to sweep")
     parser.add_argument("--context", type=int, nargs="+", default=[16, 144], help="context frames to sweep")
-    parser.add_argument("--frames", type=int, default=3, help="steady-state frames timed per rollout (default: 3)")
+    parser.add_argument("--frames", type=int, default=2, help="steady-state frames timed per rollout (default: 2)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating repeats per setting (default: 3)")
     parser.add_argument("--width", type=int, default=256, help="model width of both models (default: 256)")
     parser.add_argument("--heads", type=int, default=4, help="attention heads (default: 4, 64 channels each)")
@@ -133,12 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decoder-depth", type=int, default=4, help="SCD decoder blocks (default: 4, as SCD-M)")
     parser.add_argument("--grid", type=int, nargs=2, default=[4, 4], help="token grid of a frame (default: 4 4)")
     parser.add_argument("--token-channels", type=int, default=32, help="channels per frame token (default: 32, as DC-AE)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op CPU threads (default: 1; 0 keeps torch's choice)"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output file (default: {DEFAULT_OUT})")
     args = parser.parse_args(argv)
 
-    if args.threads is not None:
+    # One thread by default: batch-1 rollouts run small matrix products, and spinning
+    # OpenMP threads on a CPU shared with other jobs distort the timings badly.
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)

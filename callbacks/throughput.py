@@ -1,9 +1,9 @@
 """Training throughput, step time, peak memory and MFU in the logs of every fit.
 
-Time is read on the host at the end of a batch, and the device is synchronised only at
+Time is read on the host at the end of a batch. The device is synchronised only at
 logging points (every `log_every_n_steps` batches), so a window's time covers all the
-work queued in it while no training step waits for the device. Validation runs inside a
-window are excluded from its time.
+work queued in it and no other training step waits for the device. Validation runs
+inside a window are excluded from its time.
 """
 
 from __future__ import annotations
@@ -46,7 +46,12 @@ def batch_size_of(batch: Any) -> int:
     """Number of samples in a batch: the leading size of its first tensor (dicts, lists, tensors)."""
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0])
-    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else ()
+    if isinstance(batch, dict):
+        values = list(batch.values())
+    elif isinstance(batch, (list, tuple)):
+        values = list(batch)
+    else:
+        values = []
     for value in values:
         size = batch_size_of(value)
         if size:
@@ -72,13 +77,17 @@ def peak_memory_gib(device: torch.device) -> tuple[float, str]:
 class Throughput(Callback):
     """Log samples/s, tokens/s, step time, peak memory and MFU during training.
 
-    Logged every `log_every_n_steps` training batches (to the loggers and the progress
-    bar): `throughput/samples_per_sec` (all ranks, assuming equal per-rank batches),
-    `throughput/samples_per_sec_per_device`, `throughput/tokens_per_sec` (when the
-    module has `tokens_per_sample`), `throughput/step_time_ms`, `memory/peak_gib`, and
-    `throughput/mfu` (when the module has `flops_per_sample`, the training FLOPs of one
-    sample, and the GPU's peak is known). At the end of training one summary line goes
-    to the console log and a `throughput` entry to the run's `metrics.json`.
+    Every `log_every_n_steps` training batches it logs, to the loggers and the progress bar:
+
+    - `throughput/samples_per_sec`: all ranks together, assuming equal per-rank batches;
+    - `throughput/samples_per_sec_per_device` and `throughput/step_time_ms`;
+    - `throughput/tokens_per_sec`, when the module has `tokens_per_sample`;
+    - `memory/peak_gib` (see `peak_memory_gib`);
+    - `throughput/mfu`, when the module has `flops_per_sample` (the training FLOPs of
+      one sample) and the GPU's peak is known.
+
+    At the end of training it prints one summary line and adds a `throughput` entry to
+    the run's `metrics.json`.
 
     Args:
         log_every_n_steps: batches per measurement window; None takes the trainer's
@@ -131,7 +140,7 @@ class Throughput(Callback):
         self._window_start = self._now(device)
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.training or trainer.state.fn == "fit":
+        if trainer.state.fn == "fit":
             self._validation_start = self._now(pl_module.device)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -2,9 +2,10 @@
 
 Two streams:
 
-- training: shards are drawn with replacement, so the stream never ends and every rank
-  and worker produces batches at the same rate. A shuffle buffer and optional flips
-  follow. The caller cuts the stream into epochs of a fixed number of batches.
+- training: shards come from an endless chain of permutations split over ranks and
+  workers (``shard_schedule.ShardChain``), so the stream never ends and every rank
+  yields batches whatever the shard sizes. A shuffle buffer and optional flips follow.
+  The caller cuts the stream into epochs of a fixed number of batches.
 - validation: every shard is read once, split over ranks and then workers, in order.
 
 Both decode ``png``/``jpg`` members with PIL to ``(C, H, W)`` float32 in [-1, 1] and
@@ -14,7 +15,7 @@ raises ``CorruptSampleError`` when ``corrupt="raise"``.
 All randomness comes from ``(seed, epoch, rank, worker)``, so a run is reproducible
 and each epoch differs. The pipelines are built from ``webdataset.DataPipeline``
 stages rather than ``webdataset.WebDataset(resampled=True)``, because the latter seeds
-its shard sampler from the clock and the process id.
+its shard sampler from the clock and the process id and lets ranks draw the same shards.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ import random
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
 
 from unisep.datamodules.image_transforms import CHANNEL_MODES, adm_center_crop, image_to_tensor
+from unisep.datamodules.seeding import derive_seed, worker_info
+from unisep.datamodules.shard_schedule import ShardChain
 
 logger = logging.getLogger(__name__)
 
@@ -69,17 +71,6 @@ class SkipCounter:
     def value(self) -> int:
         """Samples skipped so far."""
         return self._value.value
-
-
-def worker_info() -> tuple[int, int]:
-    """Return ``(worker_id, num_workers)`` of the current DataLoader worker, ``(0, 1)`` outside one."""
-    info = torch.utils.data.get_worker_info()
-    return (0, 1) if info is None else (info.id, info.num_workers)
-
-
-def derive_seed(*parts: int) -> int:
-    """Mix integers into one 64-bit seed with numpy's SeedSequence (well spread for nearby inputs)."""
-    return int(np.random.SeedSequence([p % (1 << 64) for p in parts]).generate_state(1, np.uint64)[0])
 
 
 def _worker_rng(seed: int, stage: int) -> random.Random:
@@ -214,10 +205,6 @@ def collate_images(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     }
 
 
-def _dataloader_worker_id() -> int:
-    return worker_info()[0]
-
-
 def train_pipeline(
     urls: list[str],
     *,
@@ -227,21 +214,23 @@ def train_pipeline(
     seed: int,
     epoch: int,
     rank: int,
+    world_size: int = 1,
 ) -> wds.DataPipeline:
     """Build the endless training stream of one rank for one epoch.
 
-    Each rank and worker draws shards with replacement from its own seeded generator,
-    so no node splitting is needed. All ranks yield batches without end, and the
-    caller takes a fixed number of batches per epoch.
+    Ranks and workers read disjoint shards within each pass over the shard list (see
+    ``shard_schedule``). All ranks yield batches without end, and the caller takes a
+    fixed number of batches per epoch.
 
     Args:
-        urls: All shard URLs (every rank gets the full list).
+        urls: All shard URLs, in the same order on every rank.
         decoder: Decoding stage; its seed should already include the epoch and rank.
         batch_size: Samples per batch on this rank.
         shuffle_buffer: Samples held in the shuffle buffer of each worker.
         seed: Run seed.
-        epoch: Epoch number; a new epoch draws new shards and a new shuffle order.
+        epoch: Epoch number; a new epoch reads the shards in a new order.
         rank: Global rank of this process.
+        world_size: Number of ranks.
 
     Returns:
         A pipeline yielding ``{"image": (batch_size, C, H, W), "label": (batch_size,)}``.
@@ -249,8 +238,7 @@ def train_pipeline(
     stream_seed = derive_seed(seed, epoch, rank)
     handler = wds.reraise_exception if decoder.corrupt == "raise" else _log_and_continue
     return wds.DataPipeline(
-        # deterministic=True: the shard draws depend only on (seed, worker id), not the clock.
-        wds.ResampledShards(urls, seed=stream_seed, deterministic=True, worker_seed=_dataloader_worker_id),
+        ShardChain(urls, seed=seed, epoch=epoch, rank=rank, world_size=world_size),
         wds.tarfile_to_samples(handler=handler),
         ShuffleBuffer(shuffle_buffer, stream_seed),
         decoder,

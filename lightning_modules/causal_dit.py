@@ -32,6 +32,8 @@ class CausalDiTModule(FrameCausalVideoModule):
         action_dropout: probability of the null action in training.
         clean_frame_prob: share of frames kept clean in training.
         timestep_mean, timestep_std, timestep_shift: per-frame logit-normal times.
+        prediction: "velocity" (the reference code) or "x" (clean tokens, scored as
+            velocities); see `frame_noise.Prediction`.
         gradient_checkpointing: recompute block activations in backward.
         lr, betas, weight_decay, warmup_steps, min_lr_ratio, total_steps: AdamW and schedule.
         ema_decay, ema_warmup: EMA settings.
@@ -51,6 +53,7 @@ class CausalDiTModule(FrameCausalVideoModule):
         timestep_mean: float = 0.0,
         timestep_std: float = 1.0,
         timestep_shift: float = 1.0,
+        prediction: Literal["velocity", "x"] = "velocity",
         gradient_checkpointing: bool = False,
         lr: float = 1e-4,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -101,7 +104,8 @@ class CausalDiTModule(FrameCausalVideoModule):
             timestep_mean=timestep_mean,
             timestep_std=timestep_std,
             timestep_shift=timestep_shift,
+            prediction=prediction,
         )
 
     def rollout(self, network: nn.Module, context: Tensor, num_frames: int, **options: Any) -> Iterator[Tensor]:
-        return causal_dit_rollout(network, context, num_frames, **options)
+        return causal_dit_rollout(network, context, num_frames, prediction=self.hparams.prediction, **options)

@@ -15,7 +15,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from unisep.flow import velocity_mse_loss
-from unisep.lightning_modules.frame_noise import noise_frames
+from unisep.lightning_modules.frame_noise import Prediction, noise_frames, output_to_velocity
 from unisep.networks.causal_dit import CausalDiT
 
 
@@ -25,6 +25,7 @@ class CausalDiTLoss(nn.Module):
     Args:
         clean_frame_prob: share of frames kept clean.
         timestep_mean, timestep_std, timestep_shift: per-frame time distribution.
+        prediction: a `Prediction` value, the meaning of the network's output.
     """
 
     def __init__(
@@ -33,12 +34,14 @@ class CausalDiTLoss(nn.Module):
         timestep_mean: float = 0.0,
         timestep_std: float = 1.0,
         timestep_shift: float = 1.0,
+        prediction: str = "velocity",
     ):
         super().__init__()
         self.clean_frame_prob = clean_frame_prob
         self.timestep_mean = timestep_mean
         self.timestep_std = timestep_std
         self.timestep_shift = timestep_shift
+        self.prediction = Prediction(prediction)
 
     def forward(self, network: CausalDiT, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         """Compute the loss of a batch `{"tokens": (batch, F, N, C), "actions": (batch, F) or absent}`.
@@ -50,6 +53,7 @@ class CausalDiTLoss(nn.Module):
         if x1.ndim != 4:
             raise ValueError(f"the causal DiT trains on tokens (batch, frames, N, C), got {tuple(x1.shape)}")
         draw = noise_frames(x1, self.clean_frame_prob, self.timestep_mean, self.timestep_std, self.timestep_shift)
-        v = network(draw.x_t, draw.t, batch.get("actions"))
+        output = network(draw.x_t, draw.t, batch.get("actions"))
+        v = output_to_velocity(output, draw.x_t, draw.t, self.prediction)
         loss = velocity_mse_loss(v, draw.target, draw.noised)
         return loss, {"loss": loss.detach(), "noised_frames": draw.noised.float().mean()}

@@ -9,11 +9,43 @@ velocity target is not defined by the model's input.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import torch
 from torch import Tensor
 
-from unisep.flow import interpolate, sample_training_timesteps, velocity_target
+from unisep.flow import DEFAULT_MIN_ONE_MINUS_T, interpolate, sample_training_timesteps, velocity_target, x_to_velocity
+
+
+class Prediction(str, Enum):
+    """What a video network's output means."""
+
+    #: the flow velocity `x1 - noise` (the SCD reference code)
+    VELOCITY = "velocity"
+    #: the clean tokens x1, turned into a velocity with `unisep.flow.x_to_velocity`
+    #: (1 - t clamped at 0.05). Predicting data suits pixel-patch tokens whose
+    #: dimension is close to or above the network width (Li and He 2025, "Back to
+    #: Basics: Let Denoising Generative Models Denoise").
+    X = "x"
+
+
+def output_to_velocity(output: Tensor, x_t: Tensor, t: Tensor, prediction: Prediction | str) -> Tensor:
+    """Convert a network output to a velocity.
+
+    Args:
+        output: (batch, ..., N, C) velocity or clean-token prediction.
+        x_t: noisy tokens of the same shape.
+        t: flow times of shape `output.shape[:-2]`, one per frame.
+        prediction: what `output` is.
+
+    Returns:
+        The velocity, shaped like `output`.
+    """
+    if Prediction(prediction) is Prediction.VELOCITY:
+        return output
+    frames = output.flatten(0, -3)
+    velocity = x_to_velocity(frames, x_t.flatten(0, -3), t.flatten(), DEFAULT_MIN_ONE_MINUS_T)
+    return velocity.view_as(output)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ class SCD(FrameCausalVideoModule):
         clean_frame_prob: share of frames kept clean in training.
         context_noise: std of the noise added to the context tokens in training.
         timestep_mean, timestep_std, timestep_shift: per-frame logit-normal times.
+        prediction: "velocity" (the reference code) or "x" (clean tokens, scored as
+            velocities); see `frame_noise.Prediction`.
         gradient_checkpointing: recompute block activations in backward.
         lr: encoder learning rate after warm-up.
         decoder_lr_multiplier: decoder learning rate as a multiple of `lr`.
@@ -61,6 +63,7 @@ class SCD(FrameCausalVideoModule):
         timestep_mean: float = 0.0,
         timestep_std: float = 1.0,
         timestep_shift: float = 1.0,
+        prediction: Literal["velocity", "x"] = "velocity",
         gradient_checkpointing: bool = False,
         lr: float = 1e-4,
         decoder_lr_multiplier: float = 2.0,
@@ -114,6 +117,7 @@ class SCD(FrameCausalVideoModule):
             timestep_mean=timestep_mean,
             timestep_std=timestep_std,
             timestep_shift=timestep_shift,
+            prediction=prediction,
         )
 
     def parameter_groups(self) -> list[dict[str, Any]]:
@@ -128,5 +132,10 @@ class SCD(FrameCausalVideoModule):
 
     def rollout(self, network: nn.Module, context: Tensor, num_frames: int, **options: Any) -> Iterator[Tensor]:
         return scd_rollout(
-            network, context, num_frames, guidance_context_noise=self.hparams.guidance_context_noise, **options
+            network,
+            context,
+            num_frames,
+            guidance_context_noise=self.hparams.guidance_context_noise,
+            prediction=self.hparams.prediction,
+            **options,
         )

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from unisep.flow import velocity_mse_loss
-from unisep.lightning_modules.frame_noise import NoisedFrames, noise_frames
+from unisep.lightning_modules.frame_noise import NoisedFrames, Prediction, noise_frames, output_to_velocity
 from unisep.networks.scd import SCDNetwork, perturb_context
 
 
@@ -44,6 +44,7 @@ class SCDLoss(nn.Module):
         context_noise: std of the Gaussian noise added to the context tokens.
         encoder_input: an `EncoderInput` value.
         timestep_mean, timestep_std, timestep_shift: per-frame time distribution.
+        prediction: a `Prediction` value, the meaning of the decoder's output.
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class SCDLoss(nn.Module):
         timestep_mean: float = 0.0,
         timestep_std: float = 1.0,
         timestep_shift: float = 1.0,
+        prediction: str = "velocity",
     ):
         super().__init__()
         if decoder_passes < 1:
@@ -68,6 +70,7 @@ class SCDLoss(nn.Module):
         self.timestep_mean = timestep_mean
         self.timestep_std = timestep_std
         self.timestep_shift = timestep_shift
+        self.prediction = Prediction(prediction)
 
     def _noise(self, x1: Tensor) -> NoisedFrames:
         return noise_frames(x1, self.clean_frame_prob, self.timestep_mean, self.timestep_std, self.timestep_shift)
@@ -93,9 +96,9 @@ class SCDLoss(nn.Module):
         for index in range(self.decoder_passes):
             if index > 0:
                 draw = self._noise(x1)
-            v = network.decode(
-                draw.x_t[:, 1:], perturb_context(context, self.context_noise), draw.t[:, 1:], decoder_actions
-            )
+            x_t, t = draw.x_t[:, 1:], draw.t[:, 1:]
+            output = network.decode(x_t, perturb_context(context, self.context_noise), t, decoder_actions)
+            v = output_to_velocity(output, x_t, t, self.prediction)
             losses.append(velocity_mse_loss(v, draw.target[:, 1:], draw.noised[:, 1:]))
             noised_share.append(draw.noised[:, 1:].float().mean())
 

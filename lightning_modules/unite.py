@@ -140,10 +140,10 @@ class UNITE(LightningModule):
     def flops_per_sample(self) -> float:
         """Estimated training FLOPs per sample, for MFU.
 
-        6 FLOPs per weight per token (forward and backward) of the transformer blocks'
-        matrices, over the tokenize pass (data + K tokens), the N denoising passes (K
-        tokens) and the decoder (one token per latent); attention score FLOPs and the
-        per-sample adaLN maps are left out, so this is an estimate from below.
+        Counts 6 FLOPs (forward and backward) per block weight per token, over the
+        tokenize pass (data + K tokens), the N denoising passes (K tokens each) and the
+        decoder (one token per patch). Attention scores and the per-sample adaLN maps
+        are left out, so the figure is a lower bound.
         """
         def block_weights(module) -> int:
             return sum(
@@ -159,7 +159,7 @@ class UNITE(LightningModule):
         return 6.0 * (ge * (tokens + denoise) + decoder)
 
     def sampling_network(self, use_ema: bool | None = None) -> UniteNetwork:
-        """The EMA network (default) or the trained one."""
+        """Return the EMA network (the default) or the trained one."""
         use_ema = self.use_ema_for_eval if use_ema is None else use_ema
         return self.ema.module if use_ema else self.network
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from unisep.flow import apply_guidance, solve
+from unisep.lightning_modules.frame_noise import Prediction, output_to_velocity
 from unisep.networks.causal_dit import CausalDiT
 from unisep.networks.scd import SCDNetwork, next_frame_actions, perturb_context
 
@@ -64,6 +65,7 @@ def scd_rollout(
     actions: Tensor | None = None,
     solver: str = "euler",
     shift: float = 1.0,
+    prediction: Prediction | str = Prediction.VELOCITY,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
 ) -> Iterator[Tensor]:
@@ -84,6 +86,7 @@ def scd_rollout(
         actions: (batch, C + U) int64 action of every frame, or None.
         solver: "euler" or "heun" (see `unisep.flow.solve`).
         shift: time-grid shift of the solver.
+        prediction: what the decoder outputs (see `frame_noise.Prediction`).
         generator: random generator for the initial noise and the context noise.
         use_cache: False re-encodes the whole sequence for every frame (for checks).
 
@@ -111,15 +114,18 @@ def scd_rollout(
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             if not guided:
-                return network.decoder(x, frame_context, t, frame_actions)
-            both = network.decoder(
-                torch.cat([x, x]),
-                torch.cat([frame_context, uncond_context]),
-                torch.cat([t, t]),
-                None if frame_actions is None else torch.cat([frame_actions, frame_actions]),
-            )
-            cond, uncond = both.chunk(2)
-            return apply_guidance(cond, uncond, guidance_scale, t, FULL_GUIDANCE_INTERVAL)
+                output = network.decoder(x, frame_context, t, frame_actions)
+            else:
+                both = network.decoder(
+                    torch.cat([x, x]),
+                    torch.cat([frame_context, uncond_context]),
+                    torch.cat([t, t]),
+                    None if frame_actions is None else torch.cat([frame_actions, frame_actions]),
+                )
+                cond, uncond = both.chunk(2)
+                # Guidance is linear, so mixing x-predictions equals mixing their velocities.
+                output = apply_guidance(cond, uncond, guidance_scale, t, FULL_GUIDANCE_INTERVAL)
+            return output_to_velocity(output, x, t, prediction)
 
         noise = _noise_like(context[:, 0].shape, context, generator)
         frame = solve(velocity, noise, solver, steps=steps, shift=shift)
@@ -142,6 +148,7 @@ def causal_dit_rollout(
     actions: Tensor | None = None,
     solver: str = "euler",
     shift: float = 1.0,
+    prediction: Prediction | str = Prediction.VELOCITY,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
 ) -> Iterator[Tensor]:
@@ -159,6 +166,7 @@ def causal_dit_rollout(
         actions: (batch, C + U) int64 action of every frame, or None.
         solver: "euler" or "heun".
         shift: time-grid shift of the solver.
+        prediction: what the network outputs (see `frame_noise.Prediction`).
         generator: random generator for the initial noise.
         use_cache: False recomputes the whole sequence at every step (for checks).
 
@@ -198,10 +206,10 @@ def causal_dit_rollout(
                 sequence = torch.cat([history, x_in], dim=1)
                 times = torch.cat([t_in.new_ones(history.shape[:2]), t_in], dim=1)
                 v = network(sequence, times, _slice(actions, 0, index + 1))[:, -1]
-            if not guided:
-                return v
-            cond, uncond = v.chunk(2)
-            return apply_guidance(cond, uncond, guidance_scale, t, FULL_GUIDANCE_INTERVAL)
+            if guided:
+                cond, uncond = v.chunk(2)
+                v = apply_guidance(cond, uncond, guidance_scale, t, FULL_GUIDANCE_INTERVAL)
+            return output_to_velocity(v, x, t, prediction)
 
         noise = _noise_like(context[:, 0].shape, context, generator)
         frame = solve(velocity, noise, solver, steps=steps, shift=shift)

@@ -69,7 +69,7 @@ class FIDMetric(FrechetInceptionDistance):
         if count < 2:
             raise RuntimeError(
                 f"FID needs at least 2 {'real' if real else 'generated'} samples across all ranks, got {count}; "
-                "raise the sample count."
+                "check that the image source is not empty, and raise the sample count."
             )
         mu, sigma = statistics_from_sums(
             getattr(self, f"{prefix}_features_sum").cpu().numpy(),

@@ -178,7 +178,7 @@ def _score_checkpoint(args: argparse.Namespace, metric: FIDMetric) -> dict[str, 
 
 
 def run(args: argparse.Namespace) -> int:
-    """Compute FID as the options say, write the JSON report and print a summary line."""
+    """Compute FID with the given options, write the JSON report and print a summary line."""
     if args.save_ref and not args.ref_images:
         raise ValueError("--save-ref needs --ref-images (the real images whose statistics it saves).")
     if not (args.ckpt or args.images or args.save_ref):

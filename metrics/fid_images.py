@@ -1,9 +1,9 @@
 """Image checks and conversions that every FID input goes through.
 
-The FID protocol of the TensorFlow reference code (and of torch-fidelity and the ADM
-evaluator, which reproduce it) feeds 8-bit RGB images to Inception-v3, resized to
-299 x 299 with TensorFlow 1.x bilinear interpolation and scaled to [-1, 1) by
-`(x - 128) / 128`. Generated samples are therefore quantised to uint8 first, exactly as
+The FID protocol of the TensorFlow reference code feeds 8-bit RGB images to
+Inception-v3. They are resized to 299 x 299 with TensorFlow 1.x bilinear interpolation
+and scaled to [-1, 1) by `(x - 128) / 128`; torch-fidelity and the ADM evaluator
+reproduce these steps. Generated samples are therefore quantised to uint8 first, exactly as
 if they had been saved to PNG, so real and generated images take the same path.
 """
 
@@ -71,7 +71,7 @@ def images_to_uint8(images: torch.Tensor) -> torch.Tensor:
         (batch, channels, height, width) uint8 tensor on the same device.
 
     Raises:
-        ValueError: if the tensor is not floating point or holds NaN or infinite values.
+        ValueError: if the tensor is not floating point or contains NaN or infinite values.
     """
     if not images.is_floating_point():
         raise ValueError(f"model images must be floating point in [-1, 1], got dtype {images.dtype}.")

@@ -31,7 +31,7 @@ SOLVERS = tuple(name.value for name in SolverName)
 
 
 class ConditionalGenerator(Protocol):
-    """What the sampling loop needs from a model (UNITE's LightningModule provides it)."""
+    """Interface that the sampling loop calls on a model (UNITE's LightningModule implements it)."""
 
     def generate(
         self,

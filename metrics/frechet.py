@@ -48,7 +48,7 @@ def _check_covariance(name: str, sigma: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def _eigenvalue_floor(eigenvalues: torch.Tensor) -> torch.Tensor:
-    # Eigenvalues below dim * eps * max|eigenvalue| cannot be told apart from rounding
+    # Eigenvalues below dim * eps * max|eigenvalue| cannot be distinguished from rounding
     # (the tolerance numpy.linalg.matrix_rank uses). Zeroing them keeps the square roots
     # of rounding noise, about 1e-7 each, from adding up over thousands of null directions.
     dim = eigenvalues.shape[-1]

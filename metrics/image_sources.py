@@ -43,7 +43,7 @@ def list_image_files(folder: str | Path) -> list[Path]:
     """Return the image files under `folder`, recursively, in sorted order.
 
     Raises:
-        FileNotFoundError: if the folder is missing or holds no image file.
+        FileNotFoundError: if the folder is missing or contains no image file.
     """
     folder = Path(folder)
     if not folder.is_dir():

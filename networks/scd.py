@@ -1,10 +1,9 @@
 """The SCD network: causal encoder, context shift and frame decoder.
 
 Frame i is decoded from the encoder output at frame i - 1, the last position whose
-frames the encoder has seen; frame 0 is never predicted, and a rollout starts from at
-least one context frame. The encoder's action input is shifted the same way: the
-encoder at frame i receives the action of frame i + 1, the frame its output will
-condition.
+frames the encoder has read. So frame 0 is never predicted, and a rollout starts from
+at least one context frame. The encoder's action input is shifted the same way: the
+encoder at frame i receives the action of frame i + 1, the frame its output conditions.
 """
 
 from __future__ import annotations

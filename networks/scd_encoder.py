@@ -3,8 +3,8 @@
 A stack of DiT blocks over the tokens of all frames. Attention is bidirectional inside
 a frame and causal across frames, so the output at frame i depends on frames 0..i only.
 It returns one context token per spatial position of every frame. In training it runs
-once over the whole clip with a block-causal mask; in a rollout it runs once per new
-frame on that frame's tokens, attending to a `KVCache` of the earlier frames.
+once over the whole clip with a block-causal mask. In a rollout it runs once per new
+frame on that frame's tokens, which attend to a `KVCache` of the earlier frames.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class CausalEncoder(nn.Module):
         """Encode frames into context tokens.
 
         Without a cache, the frames are a whole clip starting at frame 0. With a cache,
-        they are the next frames after the cached ones; their keys and values are
+        they are the next frames after the cached ones. Their keys and values are
         appended and committed, so the cache grows by `frames` frames.
 
         Args:

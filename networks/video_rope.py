@@ -16,8 +16,8 @@ def video_rope_axes(head_dim: int) -> tuple[int, int, int]:
     """Split `head_dim` channels between the frame, row and column axes.
 
     The frame axis gets about a quarter and the two spatial axes share the rest
-    equally, each share even: (16, 24, 24) for head_dim 64, the split that the SCD
-    reference code uses; (8, 12, 12) for head_dim 32.
+    equally, each share even. That gives (16, 24, 24) for head_dim 64, the split of the
+    SCD reference code, and (8, 12, 12) for head_dim 32.
     """
     if head_dim % 2 or head_dim < 6:
         raise ValueError(f"3-D rotary positions need an even head_dim >= 6, got {head_dim}")

@@ -11,8 +11,8 @@ from unisep.networks.layers import GaussianFourierTimestepEmbedding, LabelEmbedd
 def init_dit_weights(model: nn.Module) -> None:
     """Initialise `model` in place as DiT does (Peebles & Xie 2023).
 
-    Linear maps get Xavier-uniform weights and zero biases; timestep MLPs and label
-    tables get N(0, 0.02^2); every adaLN modulation and output layer goes back to zero,
+    Linear maps get Xavier-uniform weights and zero biases. Timestep MLPs and label
+    tables get N(0, 0.02^2). Every adaLN modulation and output layer goes back to zero,
     so each block starts as the identity and the output starts at zero (adaLN-Zero).
     """
     for module in model.modules():

@@ -34,8 +34,11 @@ SUBPROCESS_TIMEOUT_S = 300
 
 
 class FrozenUNITE(UNITE):
-    """UNITE whose training steps leave the weights unchanged (zero loss), so runs with
-    different process counts end with identical models; it counts its training steps."""
+    """UNITE whose training steps leave the weights unchanged (zero loss).
+
+    Runs with different process counts therefore end with identical models. The class
+    counts the training steps that ran.
+    """
 
     steps_run = 0
 
@@ -101,7 +104,8 @@ def first_run(shards, tmp_path_factory) -> tuple[Trainer, Path]:
     return fit(shards, root), root
 
 
-def test_metrics_json_has_fid_rfid_and_protocol(first_run):
+@pytest.mark.slow
+def test_metrics_json_fid_keys(first_run):
     _, root = first_run
 
     metrics = json.loads((root / "metrics.json").read_text())
@@ -119,24 +123,40 @@ def test_metrics_json_has_fid_rfid_and_protocol(first_run):
     assert metrics["rfid_protocol"]["num_samples"] == NUM_VAL_IMAGES
 
 
-def test_scores_are_logged_under_protocol_names(first_run):
+@pytest.mark.slow
+def test_scores_logged_by_protocol(first_run):
     trainer, _ = first_run
 
     assert "fid/euler2_cfg1_n5" in trainer.callback_metrics
     assert "rfid/val" in trainer.callback_metrics
 
 
-def test_reference_cache_shared_and_reused(first_run, shards, tmp_path, caplog):
+class CountingGenerationFID(GenerationFID):
+    """GenerationFID that counts its evaluations."""
+
+    evaluations = 0
+
+    def _score(self, trainer, pl_module, metric):
+        type(self).evaluations += 1
+        return super()._score(trainer, pl_module, metric)
+
+
+@pytest.mark.slow
+def test_cache_reuse_and_periodic_eval(first_run, shards, tmp_path, caplog):
     _, root = first_run
     cache = root / "cache" / "reference_ImageDataModule_val_nall.npz"
     before = cache.stat().st_mtime_ns
+    callback = CountingGenerationFID(num_samples=4, solver="euler", steps=1, batch_size=4, cache_dir=str(root / "cache"), every_n_epochs=1, progress=False)
 
     with caplog.at_level(logging.INFO, logger="unisep.metrics.reference_stats"):
-        fit(shards, tmp_path, callbacks=[GenerationFID(num_samples=4, solver="euler", steps=1, batch_size=4, cache_dir=str(root / "cache"), progress=False)])
+        trainer = fit(shards, tmp_path, callbacks=[callback])
 
     assert load_statistics(cache).num_samples == NUM_VAL_IMAGES
     assert cache.stat().st_mtime_ns == before
     assert "Reusing FID reference statistics" in caplog.text
+    # The epoch-end evaluation scored the final weights, so fit end reuses it.
+    assert CountingGenerationFID.evaluations == 1
+    assert "fid/euler1_cfg1_n4" in trainer.callback_metrics
     assert json.loads((tmp_path / "metrics.json").read_text())["fid_protocol"]["metric_name"] == "fid/euler1_cfg1_n4"
 
 
@@ -199,7 +219,7 @@ def _run_script(*arguments: str) -> None:
 
 
 @pytest.mark.slow
-def test_ddp_metric_matches_single_process_with_empty_rank(tmp_path):
+def test_ddp_metric_with_empty_rank(tmp_path):
     _run_script("metric", str(tmp_path))
 
     values = json.loads((tmp_path / "metric.json").read_text())
@@ -225,8 +245,10 @@ def test_ddp_fit_matches_single_process(shards, tmp_path):
     # Reconstructions draw random registers, so rFID itself differs; its real side does not.
     assert ddp["rfid_protocol"]["num_samples"] == single["rfid_protocol"]["num_samples"] == NUM_VAL_IMAGES
     assert ddp_reference.num_samples == single_reference.num_samples == NUM_VAL_IMAGES
-    np.testing.assert_allclose(ddp_reference.mu, single_reference.mu, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(ddp_reference.sigma, single_reference.sigma, rtol=1e-4, atol=1e-7)
+    # Inception runs on other batch compositions, so float32 features differ in the last bits.
+    scale = np.abs(single_reference.sigma).max()
+    np.testing.assert_allclose(ddp_reference.mu, single_reference.mu, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ddp_reference.sigma, single_reference.sigma, rtol=0, atol=1e-5 * scale)
 
 
 # ----------------------------------------------------------------- script mode

@@ -69,8 +69,7 @@ def test_window_values_are_logged(fitted):
 def test_logger_receives_every_window(fitted):
     _, trainer = fitted
 
-    lines = (trainer.logger.log_dir + "/metrics.csv", )
-    with open(lines[0]) as handle:
+    with open(f"{trainer.logger.log_dir}/metrics.csv") as handle:
         rows = handle.read().splitlines()
 
     header = rows[0].split(",")

@@ -166,7 +166,7 @@ def test_state_dict_resumes_at_next_epoch(shards):
     resumed = _module(shards, seed=0)
     resumed.load_state_dict(state)
 
-    assert state == {"seed": 5, "epoch": 1}
+    assert state == {"seed": 5, "epoch": 1, "batches": NUM_SAMPLES // 4, "world_size": 1}
     assert resumed.seed == 5
     assert _epoch_ids(resumed.train_dataloader()) == expected_second_epoch
 
@@ -341,4 +341,4 @@ def test_trainer_fit_runs_fixed_epochs(shards, tmp_path):
 
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
-    assert checkpoint["ImageDataModule"] == {"seed": 0, "epoch": 2}
+    assert checkpoint["ImageDataModule"] == {"seed": 0, "epoch": 2, "batches": NUM_SAMPLES // 4, "world_size": 1}

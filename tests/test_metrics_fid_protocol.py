@@ -92,7 +92,7 @@ def test_lockstep_pads_short_ranks():
     assert shares == [[0, 3], [1, 4], [2, None]]
 
 
-def test_batch_seeds_are_deterministic_and_distinct():
+def test_batch_seeds_deterministic_distinct():
     seeds = {batch_seed(0, index) for index in range(100)} | {batch_seed(1, index) for index in range(100)}
 
     assert batch_seed(0, 5) == batch_seed(0, 5)

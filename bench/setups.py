@@ -1,0 +1,129 @@
+"""Models, batches and training steps that the UNITE and SCD benchmarks share.
+
+A training step here is the one Lightning runs: the module's loss object, one backward,
+gradient clipping, one optimizer step and the EMA update, with the optimizer that
+`configure_optimizers` builds. Weights are random, because cost does not depend on
+their values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from unisep.lightning_modules.optim import build_optimizer
+from unisep.lightning_modules.unite import UNITE
+from unisep.networks.pixel import ImageModality
+
+GRADIENT_CLIP = 3.0  # the UNITE recipe's clip norm; the SCD recipe clips at 1.0
+
+
+def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """Return bf16 autocast on CUDA when `dtype` is "bf16", else a no-op context.
+
+    Raises:
+        ValueError: for bf16 on a device other than CUDA, where it is not a fast path.
+    """
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    if dtype != "bf16":
+        raise ValueError(f"dtype must be 'fp32' or 'bf16', got {dtype!r}")
+    if device.type != "cuda":
+        raise ValueError("bf16 autocast is measured on CUDA only; use --dtype fp32 on CPU")
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def build_unite(
+    preset: str,
+    image_size: int,
+    patch_size: int,
+    device: torch.device,
+    num_classes: int = 1000,
+    overrides: dict[str, Any] | None = None,
+    **options: Any,
+) -> UNITE:
+    """Build a UNITE module for RGB images on `device`; `options` go to `UNITE(...)`."""
+    modality = ImageModality(image_size=image_size, patch_size=patch_size, channels=3)
+    module = UNITE(modality, preset=preset, preset_overrides=overrides, num_classes=num_classes, **options)
+    return module.to(device)
+
+
+def image_batch(batch_size: int, image_size: int, num_classes: int, device: torch.device, seed: int = 0) -> dict[str, Tensor]:
+    """Return a batch of random RGB images in [-1, 1] with random labels."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch_size, 3, image_size, image_size, generator=generator) * 2 - 1
+    labels = torch.randint(0, num_classes, (batch_size,), generator=generator)
+    return {"image": images.to(device), "label": labels.to(device)}
+
+
+def unite_optimizer(module: UNITE, implementation: str | None = None) -> torch.optim.Optimizer:
+    """Build the module's AdamW, or a given AdamW implementation ("loop", "foreach", "fused")."""
+    hp = module.hparams
+    if implementation is None:
+        return build_optimizer(module.network.named_parameters(), hp.optimizer, lr=hp.lr, betas=tuple(hp.betas))
+    return adamw(module.network.parameters(), implementation, lr=hp.lr, betas=tuple(hp.betas))
+
+
+def adamw(params, implementation: str, **options: Any) -> torch.optim.AdamW:
+    """Build AdamW with the per-parameter loop, the multi-tensor (foreach) or the fused kernel."""
+    flags = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+    if implementation not in flags:
+        raise ValueError(f"AdamW implementation must be one of {sorted(flags)}, got {implementation!r}")
+    return torch.optim.AdamW(list(params), **options, **flags[implementation])
+
+
+def unite_train_step(
+    module: UNITE,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, Tensor],
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    step: int = 10_000,
+) -> Callable[[], Tensor]:
+    """Return a closure that runs one full UNITE training step and returns the detached loss.
+
+    `step` is past any flow-weight warm-up, so the flow term is always on.
+    """
+    network = module.network
+    network.train()
+
+    def run() -> Tensor:
+        with autocast():
+            loss, _ = module.loss(network, batch, step=step)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), GRADIENT_CLIP, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        module.ema.update(network)
+        return loss.detach()
+
+    return run
+
+
+def unite_loss_forward(module: UNITE, batch: dict[str, Tensor], step: int = 10_000) -> Callable[[], Tensor]:
+    """Return a closure that runs the loss forward only, for activation-memory counts."""
+
+    def run() -> Tensor:
+        loss, _ = module.loss(module.network, batch, step=step)
+        return loss
+
+    return run
+
+
+def randomize_zero_layers(module: nn.Module, std: float = 0.02, seed: int = 0) -> None:
+    """Fill every all-zero weight matrix with N(0, std^2) values.
+
+    adaLN-Zero starts every block as the identity and the output layer at zero, so an
+    untrained GE predicts a constant and an adaptive solver takes a handful of steps.
+    Random values in those layers give a velocity field that depends on the input, as
+    after training, so solver costs are closer to a trained model's.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.ndim >= 2 and not parameter.any():
+                values = torch.randn(parameter.shape, generator=generator) * std
+                parameter.copy_(values.to(parameter.device, parameter.dtype))

@@ -1,0 +1,1 @@
+"""Training infrastructure: crash-safe checkpoint writes, automatic resume, FSDP sharding."""
