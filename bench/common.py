@@ -179,9 +179,15 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str
             print("  ".join("-" * width for width in widths))
 
 
-def set_threads(threads: int | None) -> None:
-    """Set torch's intra-op threads when `threads` is given."""
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
+THREADS_HELP = (
+    "torch intra-op CPU threads (default: 1; 0 keeps torch's choice). One thread gives stable"
+    " ratios on a shared machine, where two OpenMP threads stall waiting for each other"
+)
+
+
+def set_threads(threads: int) -> None:
+    """Set torch's intra-op threads; 0 keeps torch's default."""
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0, got {threads}")
+    if threads > 0:
         torch.set_num_threads(threads)

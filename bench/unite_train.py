@@ -15,7 +15,7 @@ Memory: `activation_mib` counts the tensors that autograd keeps for backward (th
 of peak memory that grows with N and the batch); on CUDA `peak_mib` adds the allocator
 peak of the whole step.
 
-    python bench/unite_train.py                 # about 3 minutes on 2 CPU cores
+    python bench/unite_train.py                 # about 2 minutes on a 2-core CPU
     python bench/unite_train.py --preset unite_base --image-size 256 --patch-size 16 \
         --batch-size 32 --dtype bf16            # on a GPU
 """
@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from common import (
+    THREADS_HELP,
     alternate,
     command_line,
     cuda_peak_bytes,
@@ -64,15 +65,15 @@ def configure_passes(module, passes: int, batched: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="unite_small", help="UNITE size preset (default: unite_small, about 8M parameters)")
-    parser.add_argument("--image-size", type=int, default=32, help="image side in pixels (default: 32)")
-    parser.add_argument("--patch-size", type=int, default=4, help="patch side in pixels (default: 4, so 64 patches)")
+    parser.add_argument("--preset", default="unite_tiny", help="UNITE size preset (default: unite_tiny, about 2M parameters)")
+    parser.add_argument("--image-size", type=int, default=16, help="image side in pixels (default: 16)")
+    parser.add_argument("--patch-size", type=int, default=4, help="patch side in pixels (default: 4, so 16 patches)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per step (default: 16)")
     parser.add_argument("--passes", type=int, nargs="+", default=[1, 3, 7, 14], help="N values to sweep")
     parser.add_argument("--default-passes", type=int, default=3, help="N of the weights comparison (default: 3)")
-    parser.add_argument("--repeats", type=int, default=5, help="alternating rounds (default: 5)")
+    parser.add_argument("--repeats", type=int, default=4, help="alternating rounds (default: 4)")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast (CUDA only)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     parser.add_argument("--device", default=default_device(), help="cpu or cuda")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/unite_train.json)")
     args = parser.parse_args(argv)

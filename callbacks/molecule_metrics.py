@@ -149,6 +149,7 @@ class MoleculeMetrics(Callback):
             "rmsd": "mean over matched molecules, Kabsch-aligned",
             "validity_fragments": self.fragments,
             "bonds": "RDKit DetermineBonds, van der Waals radii x 1.15, total charge 0",
+            "validity": "sanitised, no radicals, formal charges within +-1, neutral hydrogens",
             "novelty_reference_molecules": num_training,
             "fcd_reference": "validation split" if self.fcd else None,
         }

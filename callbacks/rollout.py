@@ -8,9 +8,12 @@ clip's real frames:
   averaged over frames and clips, on frames scaled to [0, 1];
 - `copy_last_psnr`, `copy_last_ssim`: the same for the baseline that repeats the last
   context frame, which any useful predictor must beat;
+- `context_mean_psnr`, `context_mean_ssim`: the baseline that predicts the mean of the
+  context frames. Blurry predictions score well in PSNR, so on data with large static
+  regions (a black canvas) this blur can beat copying the last frame;
 - `rollout_psnr_per_frame`: PSNR at each rollout step, which shows the drift;
 - `rollout_lpips` when the LPIPS files are given, `rollout_fvd` when an I3D file is
-  given; otherwise `skipped_metrics` says why they were not computed.
+  given. Otherwise `skipped_metrics` records why they were not computed.
 
 At the end of fit it writes `metrics.json` keys, `rollout.png` (per clip: context +
 prediction above context + ground truth) and `rollout.gif` (prediction beside ground
@@ -178,15 +181,19 @@ class VideoRollout(Callback):
         prediction = torch.cat(predictions)
         truth = clips[:, context_end:]
         copy_last = clips[:, context_end - 1 : context_end].expand_as(truth)
+        context_mean = clips[:, :context_end].mean(dim=1, keepdim=True).expand_as(truth)
 
         psnr, ssim = frame_scores(prediction, truth)
         copy_psnr, copy_ssim = frame_scores(copy_last, truth)
+        mean_psnr, mean_ssim = frame_scores(context_mean, truth)
         hp = getattr(pl_module, "hparams", {})
         metrics: dict[str, Any] = {
             "rollout_psnr": float(psnr.mean()),
             "rollout_ssim": float(ssim.mean()),
             "copy_last_psnr": float(copy_psnr.mean()),
             "copy_last_ssim": float(copy_ssim.mean()),
+            "context_mean_psnr": float(mean_psnr.mean()),
+            "context_mean_ssim": float(mean_ssim.mean()),
             "rollout_psnr_per_frame": [float(v) for v in psnr.mean(dim=0)],
             "rollout_protocol": {
                 "context_frames": self.context_frames,

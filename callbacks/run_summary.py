@@ -76,9 +76,14 @@ class RunSummary(Callback):
         self.upscale = upscale
         self.seed = seed
 
-    @rank_zero_only
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # `trainer.log_dir` is broadcast from rank 0, so every rank must read it; only
+        # rank 0 then generates and writes.
         run_dir = Path(trainer.log_dir or ".")
+        self._summarize(trainer, pl_module, run_dir)
+
+    @rank_zero_only
+    def _summarize(self, trainer: Trainer, pl_module: LightningModule, run_dir: Path) -> None:
         metrics: dict[str, Any] = {"global_step": trainer.global_step, "epoch": trainer.current_epoch}
         metrics.update(self._final_losses(trainer))
         metrics.update(self._reconstructions(trainer, pl_module, run_dir))

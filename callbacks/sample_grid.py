@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only
 
 from unisep.callbacks.image_grid import make_grid, save_png, to_uint8
 
@@ -59,16 +58,19 @@ class SampleGrid(Callback):
         classes = self.classes if self.classes is not None else list(range(min(self.max_rows, pl_module.num_classes)))
         return torch.tensor(classes).repeat_interleave(self.per_class)
 
-    @rank_zero_only
-    def render(self, trainer: Trainer, pl_module: LightningModule, name: str) -> Path:
-        """Generate the grid, write `<log_dir>/samples/<name>.png` and log it."""
+    def render(self, trainer: Trainer, pl_module: LightningModule, name: str) -> Path | None:
+        """Generate the grid on rank 0, write `<log_dir>/samples/<name>.png` and log it."""
+        # Read on every rank: `trainer.log_dir` is a broadcast from rank 0.
+        run_dir = Path(trainer.log_dir or ".")
+        if trainer.global_rank != 0:
+            return None
         labels = self._labels(pl_module)
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
         images = pl_module.generate(
             labels, solver=self.solver, steps=self.steps, guidance_scale=self.guidance_scale, generator=generator
         )
         grid = make_grid(to_uint8(images), rows=len(labels) // self.per_class)
-        path = save_png(grid, Path(trainer.log_dir or ".") / "samples" / f"{name}.png", self.upscale)
+        path = save_png(grid, run_dir / "samples" / f"{name}.png", self.upscale)
         log_image(trainer, "samples", grid, trainer.global_step)
         return path
 

@@ -1,8 +1,8 @@
 """Set PyTorch's intra-op CPU thread count when a fit runs on the CPU.
 
 Small models (the CPU demos) run many tiny matrix products, for which OpenMP threads
-cost more in synchronisation than they gain, and on a CPU shared with other jobs the
-spinning threads slow everything down: the SCD digits demo measured 0.3 steps/s with 2
+cost more in synchronisation than they gain. On a CPU shared with other jobs the
+spinning threads slow everything down. The SCD digits demo measured 0.3 steps/s with 2
 threads and 1.25 steps/s with 1 thread on a 2-core machine shared with two other jobs.
 """
 

@@ -2,7 +2,7 @@
 
 The module's `generate()` yields one frame at a time. The first frame's latency runs
 from the call to the first yield, so it includes encoding the context (the KV-cache
-prefill); the steady-state time per frame is the median gap between later yields. On
+prefill). The steady-state time per frame is the median gap between later yields. On
 CUDA the device is synchronised before each clock read, so queued work is counted.
 
 Whether the frame tokenizer's decoding to pixels is inside the timed span is a setting

@@ -48,9 +48,9 @@ def make_moving_digits(
         digit_size: side of each upsampled digit in pixels, at most `image_size`; None
             uses 7/16 of the canvas (14 px on 32 px).
         digits_per_video: digits moving in each video.
-        max_speed: maximum speed along each axis, in pixels per frame; each digit's
+        max_speed: maximum speed along each axis, in pixels per frame. Each digit's
             speed is drawn uniformly from [max_speed / 3, max_speed] per axis with a
-            random sign, so no digit stands still.
+            random sign, so every digit moves.
         seed: seed of every random choice.
         digit_indices: indices into `load_digits()` that may be drawn (e.g. a train or
             validation split); None allows all 1,797.

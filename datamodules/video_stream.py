@@ -2,8 +2,8 @@
 
 A clip is `clip_length` frames taken every `frame_stride` frames, so it spans
 `(clip_length - 1) * frame_stride + 1` frames of the stored video. Training draws
-`clips_per_video` clips at random starts from each video; validation takes clips at
-evenly spaced fixed starts, so every evaluation sees the same clips.
+`clips_per_video` clips at random starts from each video. Validation takes clips at
+evenly spaced fixed starts, so every evaluation scores the same clips.
 
 A video shorter than a clip's span is skipped and counted, or, with
 `short_videos="pad"`, completed by repeating its last frame. A video whose frames do

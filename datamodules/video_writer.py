@@ -1,7 +1,7 @@
 """Write videos (MP4 files or `.npy` frame arrays) as WebDataset shards.
 
-Each sample holds `npy`, the frames as uint8 (T, H, W, C) after an ADM centre crop to
-`image_size`, and, when the source has them, `actions.npy`, one int64 action per frame.
+Each sample contains `npy`, the frames as uint8 (T, H, W, C) after an ADM centre crop
+to `image_size`, and `actions.npy`, one int64 action per frame, when the source has them.
 A long video can be cut into segments of a fixed length, one sample each.
 
 Sources are MP4 (or any container PyAV decodes) and `.npy` arrays of frames, uint8
@@ -240,7 +240,9 @@ def _read_source(path: Path, image_size: int, channels: int) -> VideoSample:
     if actions_file.is_file():
         actions = np.load(actions_file, allow_pickle=False).astype(np.int64).reshape(-1)
         if len(actions) != len(frames):
-            raise UnreadableVideoError(f"{actions_file.name} holds {len(actions)} actions for {len(frames)} frames")
+            raise UnreadableVideoError(
+                f"invalid {actions_file.name}: it contains {len(actions)} actions for {len(frames)} frames"
+            )
     key = _UNSAFE_KEY_CHARS.sub("_", path.stem).strip("_") or "video"
     return VideoSample(key, frames, actions)
 

@@ -1,7 +1,7 @@
 """Causal-DiT LightningModule: the frame-causal diffusion transformer baseline of SCD.
 
 It shares the tokenizer, batches, training loop, EMA and metrics with `SCD`, so the
-two compare like for like; only the network (every layer frame-causal, run at every
+two compare like for like. Only the network (every layer frame-causal and run at every
 denoising step), the loss and the rollout differ.
 """
 

@@ -2,8 +2,8 @@
 
 Every frame of a clip gets its own flow time, drawn from a logit-normal distribution,
 and a share of frames is kept clean (t = 1). Clean frames teach the model to condition
-on clean context, as it will at inference; they carry no flow loss because their
-velocity target is not defined by the model's input.
+on clean context, as it does at inference. They carry no flow loss because their
+input does not determine the noise in their velocity target.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from unisep.flow import DEFAULT_MIN_ONE_MINUS_T, interpolate, sample_training_ti
 
 
 class Prediction(str, Enum):
-    """What a video network's output means."""
+    """Meaning of a video network's output."""
 
     #: the flow velocity `x1 - noise` (the SCD reference code)
     VELOCITY = "velocity"

@@ -31,8 +31,9 @@ class SCD(FrameCausalVideoModule):
         preset_overrides: fields of the preset to replace, e.g. `{"decoder_depth": 2}`.
         num_actions: action classes of the data (0 for unconditional video).
         action_dropout: probability of the null action in training (for guidance).
-        encoder_input: "noised" (the authors' code) or "clean" (the paper text); see
-            `scd_loss.EncoderInput`.
+        encoder_input: "noised" (the SCD authors' code, github.com/xingjian-bai/
+            sparse-causal-diffusion) or "clean" (teacher forcing, as the SCD paper's
+            text describes); see `scd_loss.EncoderInput`.
         decoder_passes: decoder passes with fresh noise per encoder pass.
         clean_frame_prob: share of frames kept clean in training.
         context_noise: std of the noise added to the context tokens in training.

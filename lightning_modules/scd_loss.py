@@ -26,12 +26,12 @@ from unisep.networks.scd import SCDNetwork, perturb_context
 
 
 class EncoderInput(str, Enum):
-    """What the causal encoder sees in training."""
+    """Input of the causal encoder in training."""
 
     #: the same per-frame noised tokens as the decoder, with the timestep embedding
-    #: fixed to clean (t = 1): the authors' code
+    #: fixed to clean (t = 1), as in the SCD authors' code
     NOISED = "noised"
-    #: the clean tokens (teacher forcing): the paper text
+    #: the clean tokens (teacher forcing), as the SCD paper's text describes
     CLEAN = "clean"
 
 

@@ -155,7 +155,9 @@ class UniteLoss(nn.Module):
             {
                 "recon/total": recon.detach(),
                 "flow": flow.detach(),
-                "flow_weight": torch.tensor(weight),
+                # Filled on the loss's device: a host tensor would be copied to the GPU
+                # when logged, and that copy waits for the device.
+                "flow_weight": flow.detach().new_full((), weight),
                 # Std of each latent coordinate across the batch, averaged: near zero
                 # means every input maps to the same latent (latent collapse).
                 "latent/batch_std": z0.detach().float().std(dim=0).mean(),

@@ -2,9 +2,8 @@
 
 UNITE's Generative Encoder maps an image to K latent tokens of C channels, and its
 decoder maps them back, so each video frame becomes K tokens. The tokens carry no
-spatial layout of their own; `grid` arranges them as rows x columns only for the
-rotary positions of the video models (a square when K is a square number, else one
-row).
+spatial layout of their own. `grid` arranges them as rows x columns only for the
+rotary positions of the video models: a square when K is a square number, else one row.
 
 This class lives with the Lightning code, not in `networks/`, because it loads a
 Lightning checkpoint.

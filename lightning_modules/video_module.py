@@ -2,7 +2,7 @@
 
 Both recipes read the same batches, freeze the same frame tokenizer, log the same
 terms, keep an EMA copy, use AdamW with a warm-up schedule, and generate by streaming
-rollouts; they differ in their network, loss object, parameter groups and rollout
+rollouts. They differ in their network, loss object, parameter groups and rollout
 function, which subclasses provide. Sharing this loop keeps the comparison like for like.
 
 Batches are `{"frames": (batch, F, channels, H, W) float in [-1, 1]}`, plus
@@ -19,7 +19,7 @@ from lightning import LightningModule
 from torch import Tensor, nn
 
 from unisep.lightning_modules.ema import ExponentialMovingAverage
-from unisep.lightning_modules.optim import warmup_cosine
+from unisep.lightning_modules.optim import adamw_kernel, warmup_cosine
 from unisep.networks.frame_tokenizer import FrameTokenizer, tokenizer_from_config
 
 
@@ -75,7 +75,7 @@ class FrameCausalVideoModule(LightningModule):
     # ------------------------------------------------------------------ helpers
 
     def sampling_network(self, use_ema: bool | None = None) -> nn.Module:
-        """The EMA network (default) or the trained one."""
+        """Return the EMA network (default) or the trained one."""
         use_ema = self.use_ema_for_eval if use_ema is None else use_ema
         return self.ema.module if use_ema else self.network
 
@@ -115,15 +115,12 @@ class FrameCausalVideoModule(LightningModule):
             group = dict(group)
             group["lr"] = hp.lr * group.pop("lr_multiplier", 1.0)
             groups.append(group)
-        on_cuda = all(p.is_cuda for group in groups for p in group["params"])
-        # The fused kernel is the fastest on CUDA; foreach is the fast path elsewhere.
         optimizer = torch.optim.AdamW(
             groups,
             lr=hp.lr,
             betas=tuple(hp.betas),
             weight_decay=hp.weight_decay,
-            fused=on_cuda or None,
-            foreach=None if on_cuda else True,
+            **adamw_kernel(p for group in groups for p in group["params"]),
         )
         total = hp.total_steps or int(self.trainer.estimated_stepping_batches)
 

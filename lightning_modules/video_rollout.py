@@ -5,9 +5,9 @@ at a time, as soon as each is sampled, so a caller can display, time or stop a r
 frame by frame. They use the project's ODE solvers (`unisep.flow.solve`) on the
 velocity of one frame.
 
-Per new frame, SCD costs one encoder pass (over that frame's tokens, through the KV
-cache) plus T decoder passes over one frame; the causal DiT costs T passes of every
-layer attending to the whole cache plus one pass that caches the finished frame.
+Per new frame, SCD costs one encoder pass over that frame's tokens (through the KV
+cache) plus T decoder passes over one frame. The causal DiT costs T passes of every
+layer over the whole cache, plus one pass that caches the finished frame.
 
 `use_cache=False` recomputes the whole sequence at every call instead, with the
 training-time masks. It is slow and exists to check the cached path against.
@@ -155,7 +155,7 @@ def causal_dit_rollout(
     """Generate frames after `context` with the causal DiT, one frame per iteration.
 
     Guidance needs an action-conditioned model: its unconditional branch replaces every
-    action by the null action, so the cache holds both branches (batch doubled).
+    action by the null action, so the cache stores both branches (batch doubled).
 
     Args:
         network: the causal DiT (put it in eval mode).

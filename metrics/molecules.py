@@ -4,10 +4,15 @@ A generated molecule is a set of atoms (atomic numbers and Cartesian positions i
 angstrom) without bonds. Bonds are inferred from the geometry with RDKit's
 `rdDetermineBonds`, a port of the xyz2mol method. It finds the connectivity from scaled
 covalent radii, then bond orders and formal charges that sum to a total charge of 0.
-A molecule is *valid* when that succeeds and RDKit sanitisation accepts the result.
+A molecule is *valid* when that succeeds, RDKit sanitisation accepts the result, and
+the bond orders need no chemically implausible help: no atom has radical electrons, no
+formal charge exceeds 1 in magnitude, and every hydrogen is neutral with one bond.
+xyz2mol can otherwise balance a broken valence with charges such as [C-3] or a bridging
+[H-], which sanitisation accepts. QM9 itself holds a few hundred zwitterions with
+charges of +1 and -1, which stay valid.
 
 Connectivity uses RDKit's van der Waals criterion with covalent radii scaled by 1.15.
-On all 130,831 QM9 molecules shipped by qm9pack this rates 99.995% of the DFT
+On all 130,831 QM9 molecules shipped by qm9pack this rates 99.99% of the DFT
 geometries valid, against 94.8% for RDKit's default connect-the-dots criterion, which
 adds spurious bonds across the strained cages common in QM9 (measured with RDKit
 2026.9).
@@ -176,7 +181,7 @@ def infer_bonds(
 
     Raises:
         BondInferenceError: with `reason` one of "empty", "too many neighbours",
-            "no bond orders" or "sanitisation failed".
+            "no bond orders", "sanitisation failed", "radical" or "implausible charge".
     """
     if cloud.num_atoms == 0:
         raise BondInferenceError("empty", "the molecule has no atoms")
@@ -203,7 +208,21 @@ def infer_bonds(
         Chem.SanitizeMol(molecule)
     except (ValueError, RuntimeError) as error:
         raise BondInferenceError("sanitisation failed", str(error)) from error
+    _check_plausible(molecule)
     return molecule.GetMol()
+
+
+def _check_plausible(molecule: Chem.Mol) -> None:
+    """Reject radicals, charges beyond +-1 and charged or multiply bonded hydrogens."""
+    for atom in molecule.GetAtoms():
+        if atom.GetNumRadicalElectrons():
+            raise BondInferenceError("radical", f"atom {atom.GetIdx()} ({atom.GetSymbol()}) has radical electrons")
+        charge = atom.GetFormalCharge()
+        if abs(charge) > 1 or (atom.GetAtomicNum() == 1 and (charge != 0 or atom.GetDegree() != 1)):
+            raise BondInferenceError(
+                "implausible charge",
+                f"atom {atom.GetIdx()} ({atom.GetSymbol()}) has charge {charge} and {atom.GetDegree()} bonds",
+            )
 
 
 def canonical_smiles(molecule: Chem.Mol | str) -> str | None:

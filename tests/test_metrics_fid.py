@@ -119,6 +119,7 @@ def test_extractor_needs_num_features():
         FIDMetric(nn.Identity())
 
 
+@pytest.mark.slow
 def test_identical_real_images_give_zero_fid():
     from sklearn.datasets import load_digits
 

@@ -82,6 +82,7 @@ def test_shard_batches_read_images(tmp_path):
     assert count_images(tmp_path / "shards") == 5
 
 
+@pytest.mark.slow
 def test_identical_images_score_zero(tmp_path):
     images = digits_rgb(6)
     reference_folder = write_folder(tmp_path / "real", images)

@@ -12,12 +12,14 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 from scipy.spatial.transform import Rotation
 
-from unisep.datamodules.molecule_sources import read_qm9pack
+from unisep.datamodules.molecule_sources import load_qm9pack_table, read_qm9pack
 from unisep.metrics.fcd import frechet_chemnet_distance
 from unisep.metrics.molecule_reconstruction import MoleculeReconstruction, aligned_rmsd, reconstruction_match
 from unisep.metrics.molecule_stability import MoleculeStability, distance_bond_orders, stability
 from unisep.metrics.molecules import (
     AtomCloud,
+    BondInferenceError,
+    _check_plausible,
     canonical_smiles,
     check_molecule,
     check_molecules,
@@ -29,9 +31,14 @@ QM9_ATOMIC_NUMBERS = (1, 6, 7, 8, 9)
 
 
 @pytest.fixture(scope="module")
-def qm9_molecules() -> list[tuple[AtomCloud, str]]:
+def qm9_table():
+    return load_qm9pack_table()
+
+
+@pytest.fixture(scope="module")
+def qm9_molecules(qm9_table) -> list[tuple[AtomCloud, str]]:
     """The first 200 QM9 molecules of qm9pack (DFT geometries) with their SMILES."""
-    records = list(read_qm9pack(None, limit=200))
+    records = list(read_qm9pack(None, limit=200, table=qm9_table))
     return [(AtomCloud(r.atomic_numbers, r.positions), r.smiles) for r in records]
 
 
@@ -103,6 +110,28 @@ def test_overlapping_atoms_invalid():
 
     assert not check.valid
     assert check.failure == "too many neighbours"
+
+
+def test_qm9_zwitterion_valid(qm9_table):
+    row = qm9_table[qm9_table["SMILES"] == "[NH3+]CCC([O-])=O"].iloc[0]
+    record = next(read_qm9pack(None, table=qm9_table.loc[[row.name]].reset_index(drop=True)))
+    check = check_molecule(AtomCloud(record.atomic_numbers, record.positions))
+
+    assert check.valid
+    assert check.smiles == "[NH3+]CCC(=O)[O-]"
+
+
+def test_radical_invalid():
+    # A bare C2 unit: bond orders exist only with radical electrons on both carbons.
+    check = check_molecule(AtomCloud([6, 6], [[0.0, 0.0, 0.0], [1.25, 0.0, 0.0]]))
+
+    assert check.failure == "radical"
+
+
+@pytest.mark.parametrize("smiles", ["C[C-2]C", "C[N-2]", "[H-]"])
+def test_implausible_charges_rejected(smiles):
+    with pytest.raises(BondInferenceError, match="charge"):
+        _check_plausible(Chem.AddHs(Chem.MolFromSmiles(smiles)))
 
 
 def test_empty_molecule_invalid():

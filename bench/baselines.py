@@ -1,0 +1,129 @@
+"""The slow implementations that unisep's fast paths replace, kept only to measure against.
+
+- `explicit_attention`: softmax(Q K^T / sqrt(d)) V written out, in place of PyTorch's
+  `scaled_dot_product_attention`;
+- `ConcatenatingKVCache`: a key-value cache that grows by `torch.cat` at every new
+  frame (as the SCD reference code does), in place of the preallocated `KVCache`;
+- `count_host_reads`: counts the Python-level reads of tensor values (`.item()`,
+  `bool(t)`, `float(t)`, ...) that force a host-device synchronisation on a GPU.
+
+Nothing in the package imports this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from unisep.networks.attention import Attention
+
+
+def _explicit_attend(self: Attention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """`Attention.attend` without SDPA: materialises the (n_q, n_k) score matrix."""
+    k, v = k.to(q.dtype), v.to(q.dtype)
+    scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    out = scores.softmax(dim=-1) @ v
+    return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
+@contextlib.contextmanager
+def explicit_attention() -> Iterator[None]:
+    """Run every `unisep` attention layer with the explicit softmax implementation."""
+    fast = Attention.attend
+    Attention.attend = _explicit_attend
+    try:
+        yield
+    finally:
+        Attention.attend = fast
+
+
+class ConcatenatingKVCache:
+    """Drop-in stand-in for `KVCache` that concatenates instead of writing in place.
+
+    Every `update` builds new key and value tensors holding the committed tokens plus
+    the new ones, so each denoising step and each new frame copies the whole history.
+    """
+
+    def __init__(self, num_layers: int, tokens_per_frame: int) -> None:
+        self.tokens_per_frame = tokens_per_frame
+        self.length = 0
+        self._committed: list[tuple[Tensor, Tensor] | None] = [None] * num_layers
+        self._written: list[tuple[Tensor, Tensor] | None] = [None] * num_layers
+
+    @property
+    def num_frames(self) -> int:
+        """Committed frames."""
+        return self.length // self.tokens_per_frame
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Return the committed keys and values followed by the new ones (batch, heads, tokens, head_dim)."""
+        committed = self._committed[layer]
+        if committed is not None:
+            k = torch.cat([committed[0], k], dim=2)
+            v = torch.cat([committed[1], v], dim=2)
+        self._written[layer] = (k, v)
+        return k, v
+
+    def commit(self, num_tokens: int) -> None:
+        """Keep the last write of every layer."""
+        self._committed = list(self._written)
+        self.length += num_tokens
+
+    def reset(self) -> None:
+        """Forget every frame."""
+        self.length = 0
+        self._committed = [None] * len(self._committed)
+
+
+@contextlib.contextmanager
+def concatenating_cache(network) -> Iterator[None]:
+    """Make `network.new_cache` (an SCD encoder or a causal DiT) return a `ConcatenatingKVCache`."""
+    encoder = getattr(network, "encoder", network)
+
+    def new_cache(batch: int, max_frames: int, dtype: torch.dtype | None = None) -> ConcatenatingKVCache:
+        return ConcatenatingKVCache(len(encoder.blocks), encoder.tokens_per_frame)
+
+    network.new_cache = new_cache
+    try:
+        yield
+    finally:
+        del network.new_cache
+
+
+_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__")
+
+
+@contextlib.contextmanager
+def count_host_reads() -> Iterator[list[str]]:
+    """Record every Python-level read of a tensor's value inside the block.
+
+    Yields the list of method names called, one entry per read. On a GPU each such read
+    waits for the device; on a CPU it is free, so this catches the reads that a CPU run
+    cannot time. Reads inside C++ kernels are not seen; `torch.cuda.set_sync_debug_mode`
+    covers those on a GPU.
+    """
+    reads: list[str] = []
+    originals = {name: getattr(torch.Tensor, name) for name in _READS}
+
+    def recorder(name):
+        original = originals[name]
+
+        def read(self, *args, **kwargs):
+            reads.append(name)
+            return original(self, *args, **kwargs)
+
+        return read
+
+    for name in _READS:
+        setattr(torch.Tensor, name, recorder(name))
+    try:
+        yield reads
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)

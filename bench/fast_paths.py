@@ -1,0 +1,352 @@
+"""Fast paths of unisep, each measured against the implementation it replaced, in one run.
+
+Every comparison alternates the "before" and "after" variants in this process after a
+warm-up and reports the median time of each and their ratio (before / after, so > 1
+means the fast path is faster):
+
+- `sdpa`: `scaled_dot_product_attention` against softmax(Q K^T) V written out, on a
+  UNITE training step with 256 image tokens;
+- `adamw`: the optimizer step alone, the per-parameter loop and the multi-tensor
+  (foreach) AdamW against the fused kernel that `build_optimizer` picks;
+- `compile`: `UNITE(compile=True)` against eager (the compile time itself is reported
+  apart and excluded);
+- `checkpointing`: gradient checkpointing of the GE blocks, a memory option that
+  costs time (here "before" is with it, "after" without);
+- `batched_passes`: the N = 3 denoising copies in one GE call against one call each;
+- `kv_cache`: the preallocated `KVCache` against a cache grown by concatenation, in
+  SCD and causal-DiT rollouts after 64 context frames;
+- `host_reads`: Python reads of tensor values (each a host-device synchronisation on a
+  GPU) inside the UNITE and SCD training steps, counted, not timed;
+- `bf16`: bf16 autocast against fp32, on CUDA only.
+
+    python bench/fast_paths.py                   # about 2 minutes on a 2-core CPU
+    python bench/fast_paths.py --only compile    # about 5 minutes, mostly compiling
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from baselines import concatenating_cache, count_host_reads, explicit_attention
+from common import (
+    THREADS_HELP,
+    alternate,
+    command_line,
+    default_device,
+    median,
+    print_table,
+    saved_activation_bytes,
+    set_threads,
+    time_call,
+    write_result,
+)
+from scd_latency import time_rollout
+from setups import adamw, autocast_context, build_unite, image_batch, unite_loss_forward, unite_optimizer, unite_train_step
+from unisep.lightning_modules.optim import adamw_kernel
+from unisep.lightning_modules.scd_loss import SCDLoss
+from unisep.lightning_modules.video_rollout import causal_dit_rollout, scd_rollout
+from unisep.networks.causal_dit import CausalDiT
+from unisep.networks.scd import SCDNetwork
+from unisep.networks.scd_presets import matching_causal_dit, scd_preset
+
+SECTIONS = ("sdpa", "adamw", "compile", "checkpointing", "batched_passes", "kv_cache", "host_reads", "bf16")
+# Compiling the UNITE step takes about 5 minutes on a 2-core CPU, so it runs only on request.
+DEFAULT_SECTIONS = tuple(section for section in SECTIONS if section != "compile")
+MIB = 2**20
+
+
+def row(path: str, setting: str, before: str, after: str, times: dict[str, list[float]], default: str, **extra) -> dict:
+    """Build a result row from the alternating times of the "before" and "after" variants."""
+    before_time, after_time = median(times[before]), median(times[after])
+    return {
+        "fast_path": path,
+        "setting": setting,
+        "before": before,
+        "after": after,
+        "before_ms": 1e3 * before_time,
+        "after_ms": 1e3 * after_time,
+        "speedup": before_time / after_time,
+        "default": default,
+        **extra,
+    }
+
+
+def measure_sdpa(args, device) -> list[dict]:
+    module = build_unite(args.preset, 32, 2, device, ema_decay=0.999)
+    step = unite_train_step(module, unite_optimizer(module), image_batch(8, 32, module.num_classes, device))
+
+    def explicit():
+        with explicit_attention():
+            step()
+
+    times = alternate({"explicit softmax": explicit, "SDPA": step}, args.repeats, device)
+    return [row("sdpa", f"UNITE step, {args.preset}, 32 px / patch 2 (256 + 16 tokens), batch 8", "explicit softmax", "SDPA", times, "SDPA")]
+
+
+def measure_adamw(args, device) -> list[dict]:
+    rows = []
+    for preset in (args.preset, "unite_small"):
+        module = build_unite(preset, 16, 4, device)
+        params = list(module.network.parameters())
+        for parameter in params:
+            parameter.grad = torch.randn_like(parameter)
+        optimizers = {name: adamw(params, name, lr=1e-4) for name in ("loop", "foreach", "fused")}
+        times = alternate({name: optimizer.step for name, optimizer in optimizers.items()}, 3 * args.repeats, device)
+        chosen = "fused" if adamw_kernel(params).get("fused") else "foreach"
+        setting = f"optimizer step, {preset} ({sum(p.numel() for p in params) / 1e6:.1f}M parameters)"
+        rows.append(row("adamw", setting, "loop", "fused", times, chosen))
+        rows.append(row("adamw", setting, "foreach", "fused", times, chosen))
+    return rows
+
+
+def measure_compile(args, device) -> list[dict]:
+    batch = image_batch(args.batch_size, 16, 1000, device)
+    eager = build_unite(args.preset, 16, 4, device, ema_decay=0.999)
+    compiled = build_unite(args.preset, 16, 4, device, ema_decay=0.999, compile=True)
+    compiled.network.load_state_dict(eager.network.state_dict())
+    eager_step = unite_train_step(eager, unite_optimizer(eager), batch)
+    compiled_step = unite_train_step(compiled, unite_optimizer(compiled), batch)
+    compile_seconds = time_call(compiled_step, device)
+    times = alternate({"eager": eager_step, "torch.compile": compiled_step}, args.repeats, device)
+    return [
+        row(
+            "compile",
+            f"UNITE step, {args.preset}, batch {args.batch_size}",
+            "eager",
+            "torch.compile",
+            times,
+            "off (opt in with compile: true)",
+            compile_seconds=compile_seconds,
+        )
+    ]
+
+
+def measure_checkpointing(args, device) -> list[dict]:
+    module = build_unite(args.preset, 16, 4, device, ema_decay=0.999)
+    batch = image_batch(args.batch_size, 16, module.num_classes, device)
+    step = unite_train_step(module, unite_optimizer(module), batch)
+    forward = unite_loss_forward(module, batch)
+    memory = {}
+
+    def with_checkpointing():
+        module.network.set_gradient_checkpointing(True)
+        step()
+
+    def without():
+        module.network.set_gradient_checkpointing(False)
+        step()
+
+    for name, enabled in (("checkpointing", True), ("no checkpointing", False)):
+        module.network.set_gradient_checkpointing(enabled)
+        with saved_activation_bytes() as saved:
+            loss = forward()
+        del loss
+        module.network.zero_grad(set_to_none=True)
+        memory[name] = saved[0] / MIB
+    times = alternate({"checkpointing": with_checkpointing, "no checkpointing": without}, args.repeats, device)
+    module.network.set_gradient_checkpointing(False)
+    return [
+        row(
+            "checkpointing",
+            f"UNITE step, {args.preset}, batch {args.batch_size}, N = 3",
+            "checkpointing",
+            "no checkpointing",
+            times,
+            "off (turn on when activations do not fit)",
+            before_activation_mib=memory["checkpointing"],
+            after_activation_mib=memory["no checkpointing"],
+        )
+    ]
+
+
+def measure_batched_passes(args, device) -> list[dict]:
+    module = build_unite(args.preset, 16, 4, device, ema_decay=0.999)
+    step = unite_train_step(module, unite_optimizer(module), image_batch(args.batch_size, 16, module.num_classes, device))
+
+    def looped():
+        module.loss.chunk_size = 1
+        step()
+
+    def batched():
+        module.loss.chunk_size = module.loss.denoising_passes
+        step()
+
+    times = alternate({"looped": looped, "batched": batched}, args.repeats, device)
+    return [row("batched_passes", f"UNITE step, {args.preset}, batch {args.batch_size}, N = 3", "looped", "batched", times, "batched (chunk_size=None)")]
+
+
+def extension_seconds(network: SCDNetwork, context: torch.Tensor, frames: int, device) -> float:
+    """Return the median time of appending one frame to a cache prefilled with `context`."""
+    with torch.no_grad():
+        cache = network.new_cache(context.shape[0], context.shape[1] + frames)
+        network.extend(context, cache)
+        frame = context[:, -1:]
+        return statistics.median(time_call(lambda: network.extend(frame, cache), device) for _ in range(frames))
+
+
+def measure_kv_cache(args, device) -> list[dict]:
+    size = scd_preset("scd_tiny", width=128, heads=2)
+    twin = matching_causal_dit(size)
+    grid, channels = (4, 4), 32
+    scd = SCDNetwork(size, channels, grid).to(device).eval()
+    causal_dit = CausalDiT(channels, grid, twin.width, twin.depth, twin.heads, twin.mlp_ratio).to(device).eval()
+    context = torch.randn(1, args.context, grid[0] * grid[1], channels, device=device)
+
+    def scd_extension():
+        return extension_seconds(scd, context, 8, device)
+
+    measurements = {"SCD encoder pass of one new frame (appends to the cache)": scd_extension}
+    for name, rollout, network in (("SCD", scd_rollout, scd), ("causal DiT", causal_dit_rollout, causal_dit)):
+
+        def steady(network=network, rollout=rollout):
+            return statistics.median(time_rollout(rollout, network, context, 5, args.rollout_steps, device)[1:])
+
+        measurements[f"{name} rollout s/frame, {args.rollout_steps} Euler steps"] = steady
+
+    rows = []
+    for setting, measure in measurements.items():
+        network = scd if setting.startswith("SCD") else causal_dit
+
+        def concatenating(network=network, measure=measure):
+            with concatenating_cache(network):
+                return measure()
+
+        per_frame = {"concatenating": [], "preallocated": []}
+        measure(), concatenating()  # warm-up
+        for _ in range(args.repeats):
+            per_frame["concatenating"].append(concatenating())
+            per_frame["preallocated"].append(measure())
+        setting = f"{setting}, {args.context} context frames, width 128, 12 blocks"
+        rows.append(row("kv_cache", setting, "concatenating", "preallocated", per_frame, "preallocated"))
+    return rows
+
+
+def measure_host_reads(args, device) -> list[dict]:
+    module = build_unite(args.preset, 16, 4, device, ema_decay=0.999)
+    batch = image_batch(args.batch_size, 16, module.num_classes, device)
+    scd = SCDNetwork(scd_preset("scd_tiny"), 32, (4, 4)).to(device)
+    clip = {"tokens": torch.randn(2, 8, 16, 32, device=device)}
+    rows = []
+    for name, run, parameters in (
+        ("UNITE", lambda: module.loss(module.network, batch, step=10_000)[0], module.network.parameters),
+        ("SCD", lambda: SCDLoss()(scd, clip)[0], scd.parameters),
+    ):
+        with count_host_reads() as reads:
+            run().backward()
+            torch.nn.utils.clip_grad_norm_(list(parameters()), 1.0, foreach=True)
+        cuda_syncs = None
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    run().backward()
+                    torch.nn.utils.clip_grad_norm_(list(parameters()), 1.0, foreach=True)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            cuda_syncs = sum("synchroniz" in str(w.message) for w in caught)
+        rows.append(
+            {
+                "fast_path": "host_reads",
+                "setting": f"{name} loss forward + backward + clip_grad_norm",
+                "python_reads": len(reads),
+                "cuda_syncs": cuda_syncs,
+                "default": "no reads in the step; values are read only at logging steps",
+            }
+        )
+    return rows
+
+
+def measure_bf16(args, device) -> list[dict]:
+    if device.type != "cuda":
+        return [{"fast_path": "bf16", "setting": "GPU only: run bench/gpu_check.sh on a GPU", "default": "bf16-mixed in the GPU recipes"}]
+    module = build_unite(args.preset, 16, 4, device, ema_decay=0.999)
+    batch = image_batch(args.batch_size, 16, module.num_classes, device)
+    fp32 = unite_train_step(module, unite_optimizer(module), batch)
+    bf16 = unite_train_step(module, unite_optimizer(module), batch, lambda: autocast_context(device, "bf16"))
+    times = alternate({"fp32": fp32, "bf16 autocast": bf16}, args.repeats, device)
+    return [row("bf16", f"UNITE step, {args.preset}, batch {args.batch_size}", "fp32", "bf16 autocast", times, "bf16-mixed")]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(DEFAULT_SECTIONS), help="sections to run (default: all but compile)")
+    parser.add_argument("--preset", default="unite_tiny", help="UNITE preset of the training-step sections (default: unite_tiny)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per UNITE step (default: 16)")
+    parser.add_argument("--context", type=int, default=64, help="context frames of the KV-cache rollouts (default: 64)")
+    parser.add_argument("--rollout-steps", type=int, default=10, help="Euler steps per rolled-out frame (default: 10)")
+    parser.add_argument("--repeats", type=int, default=4, help="alternating rounds (default: 4)")
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    parser.add_argument("--device", default=default_device(), help="cpu or cuda")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/fast_paths.json)")
+    args = parser.parse_args(argv)
+
+    set_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    measures = {
+        "sdpa": measure_sdpa,
+        "adamw": measure_adamw,
+        "compile": measure_compile,
+        "checkpointing": measure_checkpointing,
+        "batched_passes": measure_batched_passes,
+        "kv_cache": measure_kv_cache,
+        "host_reads": measure_host_reads,
+        "bf16": measure_bf16,
+    }
+    rows = []
+    for section in SECTIONS:
+        if section in args.only:
+            rows.extend(measures[section](args, device))
+            print(f"measured {section} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+
+    timed = [r for r in rows if "speedup" in r]
+    print_table(
+        timed,
+        [
+            ("fast_path", "fast path", "s"),
+            ("setting", "setting", "s"),
+            ("before", "before", "s"),
+            ("after", "after", "s"),
+            ("before_ms", "before (ms)", ".1f"),
+            ("after_ms", "after (ms)", ".1f"),
+            ("speedup", "before / after", ".2f"),
+            ("before_activation_mib", "activations before (MiB)", ".1f"),
+            ("after_activation_mib", "after (MiB)", ".1f"),
+        ],
+    )
+    counted = [r for r in rows if "python_reads" in r]
+    if counted:
+        print()
+        print_table(counted, [("setting", "host reads in", "s"), ("python_reads", "Python reads", "d"), ("cuda_syncs", "CUDA syncs", "d")])
+    write_result(
+        "fast_paths",
+        {
+            "command": command_line("fast_paths.py", argv),
+            "settings": {
+                "preset": args.preset,
+                "batch_size": args.batch_size,
+                "context_frames": args.context,
+                "rollout_steps": args.rollout_steps,
+                "device": str(device),
+                "repeats": args.repeats,
+            },
+            "total_seconds": time.perf_counter() - started,
+            "rows": rows,
+        },
+        args.out,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
