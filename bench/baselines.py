@@ -104,8 +104,8 @@ def count_host_reads() -> Iterator[list[str]]:
     """Record every Python-level read of a tensor's value inside the block.
 
     Yields the list of method names called, one entry per read. On a GPU each such read
-    waits for the device; on a CPU it is free, so this catches the reads that a CPU run
-    cannot time. Reads inside C++ kernels are not seen; `torch.cuda.set_sync_debug_mode`
+    waits for the device. On a CPU it costs nothing, so timing cannot find it, but this
+    count can. Reads inside C++ kernels are not seen, and `torch.cuda.set_sync_debug_mode`
     covers those on a GPU.
     """
     reads: list[str] = []

@@ -12,7 +12,7 @@ included. Variants alternate in one process after a warm-up:
 
 The images are crops of scikit-learn's sample photos; the cost does not depend on them.
 
-    python bench/fid_features.py                # about 2 minutes on a 2-core CPU
+    python bench/fid_features.py                # about 3 minutes on a 2-core CPU
 """
 
 from __future__ import annotations

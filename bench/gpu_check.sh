@@ -4,11 +4,12 @@
 #   bash bench/gpu_check.sh             on a machine with a CUDA GPU
 #   bash bench/gpu_check.sh --dry-run   on any machine: every section at tiny sizes on the CPU
 #
-# It reports UNITE-B training at 256 x 256 (fp32 and bf16 autocast: images/s, peak memory,
-# MFU), the host-device synchronisations inside that step, SCD-M and causal-DiT training
-# and rollout at the reference shape, and FID feature extraction; see bench/gpu_check.py.
-# It installs nothing: it runs the project's Python (PYTHON, else .venv/bin/python, else
-# python3) and writes bench/results/gpu_check.json, or the file given with --out FILE.
+# It reports UNITE-B training at 256 x 256 in fp32 and bf16 autocast (images/s, peak
+# memory, MFU) and the host-device synchronisations inside that step. It also times SCD-M
+# and causal-DiT training and rollout at the reference shape, and FID feature extraction.
+# bench/gpu_check.py describes each section. The script installs nothing: it runs the
+# project's Python (PYTHON, else .venv/bin/python, else python3) and writes
+# bench/results/gpu_check.json, or the file given with --out FILE.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,8 +26,8 @@ if [[ " $* " != *" --dry-run "* ]] && ! "$PYTHON" -c "import sys, torch; sys.exi
     exit 2
 fi
 
-# The Python script skips sections once its 390 s budget is spent; this limit stops a
-# section that hangs, so the whole check ends within 8 minutes either way.
+# The Python script starts no section after its 390 s budget is spent. This limit also
+# stops a section that hangs, so the whole check ends within 8 minutes.
 LIMIT_SECONDS=470
 status=0
 timeout --signal=INT --kill-after=10 "$LIMIT_SECONDS" "$PYTHON" bench/gpu_check.py "$@" || status=$?

@@ -15,7 +15,7 @@ SCD's decoder sees each frame's noisy tokens and context tokens together (twice 
 sequence), so per trained frame it does more work than the encoder alone. Frames/s
 counts the frames of the clip, predicted or not.
 
-    python bench/scd_train.py                   # about 2 minutes on a 2-core CPU
+    python bench/scd_train.py                   # about 1 minute on a 2-core CPU
     python bench/scd_train.py --preset scd_m --grid 8 8 --frames 32 --batch-size 8 --dtype bf16   # GPU
 """
 

@@ -60,12 +60,10 @@ def image_batch(batch_size: int, image_size: int, num_classes: int, device: torc
     return {"image": images.to(device), "label": labels.to(device)}
 
 
-def unite_optimizer(module: UNITE, implementation: str | None = None) -> torch.optim.Optimizer:
-    """Build the module's AdamW, or a given AdamW implementation ("loop", "foreach", "fused")."""
+def unite_optimizer(module: UNITE) -> torch.optim.Optimizer:
+    """Build the optimizer that `UNITE.configure_optimizers` builds, without its schedule."""
     hp = module.hparams
-    if implementation is None:
-        return build_optimizer(module.network.named_parameters(), hp.optimizer, lr=hp.lr, betas=tuple(hp.betas))
-    return adamw(module.network.parameters(), implementation, lr=hp.lr, betas=tuple(hp.betas))
+    return build_optimizer(module.network.named_parameters(), hp.optimizer, lr=hp.lr, betas=tuple(hp.betas))
 
 
 def adamw(params, implementation: str, **options: Any) -> torch.optim.AdamW:

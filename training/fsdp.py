@@ -17,6 +17,12 @@ The EMA copy is a deep copy of the network made before sharding, so the same pla
 shards it with the same layout, and `ExponentialMovingAverage.update` blends each
 rank's local shards without gathering anything.
 
+Every forward of a sharded module is a collective call over all ranks, so all ranks
+must run the same forwards: the same number of validation batches (an integer
+`limit_val_batches`, checked at the first validation) and no sampling on rank 0 alone
+(the callbacks `SampleGrid`, `RunSummary`, `VideoRollout` and `GenerationLatency`
+generate on rank 0 only and would hang).
+
 Sharded checkpoints are folders (one file per rank plus `.metadata` and Lightning's
 `meta.pt`). They are written into a hidden staging folder and renamed into place, so a
 kill during the write leaves the previous checkpoint as it was. `unisep checkpoint
@@ -248,6 +254,32 @@ class FullyShardedStrategy(ModelParallelStrategy):
         total = sum(unit.num_parameters for unit in plan)
         logger.info("FSDP sharded %d units holding %d parameters over %d ranks", len(plan), total, mesh.size())
         return plan
+
+    def on_validation_start(self) -> None:
+        """Reject validation whose per-rank batch count is not fixed in advance.
+
+        Every forward under FSDP gathers weights with collective calls, so all ranks
+        must run the same number of validation batches. unisep's validation streams
+        split shards over ranks, which gives ranks different counts, and they have no
+        length; an integer `limit_val_batches` no larger than the smallest rank's count
+        makes every rank stop at the same batch.
+
+        Raises:
+            ValueError: `limit_val_batches` is a fraction and a validation loader has no length.
+        """
+        super().on_validation_start()
+        trainer = self.lightning_module.trainer
+        loaders = trainer.val_dataloaders
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        unsized = [loader for loader in loaders if loader is not None and not hasattr(loader, "__len__")]
+        if isinstance(trainer.limit_val_batches, float) and unsized:
+            raise ValueError(
+                "FullyShardedStrategy needs the same number of validation batches on every rank, because each "
+                "forward gathers weights from all ranks, but the validation loader has no length and "
+                f"limit_val_batches={trainer.limit_val_batches} is a fraction. Set trainer.limit_val_batches to "
+                "an integer no larger than the batches of the rank with the fewest validation samples (the "
+                "datamodule logs the samples per rank), or 0 to skip validation"
+            )
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: _PATH, storage_options: Any | None = None) -> None:
         """Write the checkpoint; sharded folders go to a staging folder that replaces the target when complete."""
