@@ -90,8 +90,9 @@ class UnisepCLI(LightningCLI):
 
     def fit(self, model, datamodule=None, ckpt_path=None, **kwargs: Any) -> None:
         """Run `Trainer.fit`, resuming from the run folder's newest checkpoint when none is given."""
+        import logging
+
         from lightning.fabric.plugins.environments import SLURMEnvironment
-        from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
         from unisep.training.resume import find_resume_checkpoint
 
@@ -100,11 +101,14 @@ class UnisepCLI(LightningCLI):
             hpc_folders = [self.trainer.default_root_dir] if SLURMEnvironment.detect() else []
             found = find_resume_checkpoint(_checkpoint_folders(self.trainer, config.trainer), hpc_folders)
             if found is not None:
-                rank_zero_info(
-                    f"Resuming from {found.path} (global step {found.global_step}, newest of {found.candidates} "
-                    "checkpoints in the run folder). Pass --ckpt_path to choose another or --auto_resume false "
-                    "to start from scratch."
-                )
+                if self.trainer.is_global_zero:
+                    logging.getLogger(__name__).info(
+                        "Resuming from %s (global step %d, the newest of %d checkpoints in the run folder). "
+                        "Pass --ckpt_path to choose another or --auto_resume false to start from scratch.",
+                        found.path,
+                        found.global_step,
+                        found.candidates,
+                    )
                 ckpt_path = str(found.path)
         self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 

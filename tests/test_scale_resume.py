@@ -114,7 +114,12 @@ def test_resume_matches_straight_run_bit_for_bit(recipe, shard_root, tmp_path):
     # Bit for bit: the same CPU kernels run on the same inputs in the same order.
     mismatched = [name for name, value in straight_state.items() if not torch.equal(value, resumed_state[name])]
     assert mismatched == []
-    assert trainer.optimizers[0].state_dict()["param_groups"][0]["lr"] == straight.trainer.optimizers[0].state_dict()["param_groups"][0]["lr"]
+    straight_optimizer = straight.trainer.optimizers[0].state_dict()
+    resumed_optimizer = trainer.optimizers[0].state_dict()
+    assert resumed_optimizer["param_groups"] == straight_optimizer["param_groups"]
+    for index, moments in straight_optimizer["state"].items():
+        for key, value in moments.items():
+            assert torch.equal(value, resumed_optimizer["state"][index][key]), f"optimizer state {index}.{key}"
 
 
 def test_batch_seed_differs_by_rank_and_batch():
