@@ -141,9 +141,9 @@ def _checkpoint_folders(trainer, trainer_config) -> list[Path]:
     """Return the folders that the trainer's `ModelCheckpoint`s write to, where fixed before fit.
 
     A `ModelCheckpoint` without `dirpath` writes to `save_dir/name/version/checkpoints`
-    of the first logger, which names a fixed folder only when the config (or the SLURM
-    job id) sets the version; otherwise the logger picks a new `version_<n>` folder at
-    fit time and there is nothing to resume.
+    of the first logger. That folder is fixed before fit only when the config or the
+    SLURM job id sets the version. Otherwise the logger picks a new `version_<n>` folder
+    at fit time, and there is nothing to resume.
     """
     configured = [entry.init_args.get("version") for entry in _logger_configs(trainer_config)[:1]]
     version_fixed = bool(configured) and configured[0] is not None

@@ -47,8 +47,16 @@ from common import (
     time_call,
     write_result,
 )
-from scd_latency import time_rollout
-from setups import adamw, autocast_context, build_unite, image_batch, unite_loss_forward, unite_optimizer, unite_train_step
+from setups import (
+    adamw,
+    autocast_context,
+    build_unite,
+    image_batch,
+    rollout_frame_times,
+    unite_loss_forward,
+    unite_optimizer,
+    unite_train_step,
+)
 from unisep.lightning_modules.optim import adamw_kernel
 from unisep.lightning_modules.scd_loss import SCDLoss
 from unisep.lightning_modules.video_rollout import causal_dit_rollout, scd_rollout
@@ -206,7 +214,7 @@ def measure_kv_cache(args, device) -> list[dict]:
     for name, rollout, network in (("SCD", scd_rollout, scd), ("causal DiT", causal_dit_rollout, causal_dit)):
 
         def steady(network=network, rollout=rollout):
-            return statistics.median(time_rollout(rollout, network, context, 5, args.rollout_steps, device)[1:])
+            return statistics.median(rollout_frame_times(rollout, network, context, 5, args.rollout_steps)[1:])
 
         measurements[f"{name} rollout s/frame, {args.rollout_steps} Euler steps"] = steady
 

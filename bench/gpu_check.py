@@ -36,8 +36,7 @@ import torch
 
 from baselines import count_host_reads
 from common import alternate, cuda_peak_bytes, median, print_table, write_result
-from scd_latency import time_rollout
-from setups import adamw, autocast_context, build_unite, image_batch, unite_optimizer, unite_train_step
+from setups import adamw, autocast_context, build_unite, image_batch, rollout_frame_times, unite_optimizer, unite_train_step
 from unisep.callbacks.throughput import peak_bf16_flops
 from unisep.lightning_modules.causal_dit_loss import CausalDiTLoss
 from unisep.lightning_modules.scd_loss import SCDLoss
@@ -220,8 +219,8 @@ def scd_rollout_check(sizes, device, dtypes, peak) -> list[dict]:
     rows = []
     for name, rollout, network in (("SCD", scd_rollout, scd), ("causal DiT", causal_dit_rollout, causal_dit)):
         with autocast_context(device, dtype):
-            time_rollout(rollout, network, context, 2, steps, device)
-            gaps = time_rollout(rollout, network, context, cfg["frames"] + 1, steps, device)
+            rollout_frame_times(rollout, network, context, 2, steps)
+            gaps = rollout_frame_times(rollout, network, context, cfg["frames"] + 1, steps)
         seconds = statistics.median(gaps[1:])
         rows.append(
             {

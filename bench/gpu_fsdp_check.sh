@@ -59,7 +59,7 @@ def config(demo, fsdp_config, name, strategy_dtypes, val_shards):
             strategy["init_args"].update(param_dtype=None, reduce_dtype=None)
         trainer["strategy"] = strategy
     if strategy_dtypes == "bf16":
-        trainer["precision"] = "bf16-mixed"
+        trainer["plugins"] = [{"class_path": "unisep.training.precision.BF16MixedPrecision", "init_args": {"device": "cuda"}}]
     (out / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 

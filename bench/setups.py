@@ -9,12 +9,14 @@ their values.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from common import synchronize
 from unisep.lightning_modules.optim import build_optimizer
 from unisep.lightning_modules.unite import UNITE
 from unisep.networks.pixel import ImageModality
@@ -125,3 +127,26 @@ def randomize_zero_layers(module: nn.Module, std: float = 0.02, seed: int = 0) -
             if parameter.ndim >= 2 and not parameter.any():
                 values = torch.randn(parameter.shape, generator=generator) * std
                 parameter.copy_(values.to(parameter.device, parameter.dtype))
+
+
+def rollout_frame_times(rollout, network: nn.Module, context: Tensor, frames: int, steps: int) -> list[float]:
+    """Return the wall time of each frame that `rollout` yields, the first one from the call.
+
+    The first gap includes encoding the context into the KV cache; the later ones are
+    the steady-state cost of a frame.
+
+    Args:
+        rollout: `scd_rollout` or `causal_dit_rollout`.
+        network: the matching network, in eval mode.
+        context: (batch, context frames, N, C) context tokens.
+        frames: frames to generate.
+        steps: Euler steps per frame.
+    """
+    device = context.device
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    synchronize(device)
+    stamps = [time.perf_counter()]
+    for _frame in rollout(network, context, frames, steps=steps, generator=generator):
+        synchronize(device)
+        stamps.append(time.perf_counter())
+    return [later - earlier for earlier, later in zip(stamps, stamps[1:])]

@@ -56,5 +56,7 @@ def update_metrics_json(path: str | os.PathLike, values: dict[str, Any]) -> Path
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".metrics-", suffix=".json")
     with os.fdopen(handle, "w") as f:
         json.dump(merged, f, indent=2, sort_keys=True)
+    # mkstemp creates the file readable by its owner only; metrics are for everyone.
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path

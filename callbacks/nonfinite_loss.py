@@ -7,7 +7,7 @@ with no host synchronisation. The host reads them only:
 - at logging steps (every `log_every_n_steps` optimizer steps), where Lightning already
   copies the logged values to the host;
 - before every checkpoint is written (`on_save_checkpoint`, which runs before the file
-  is opened), so no checkpoint ever holds weights updated by a non-finite loss;
+  is opened), so no checkpoint ever contains weights updated by a non-finite loss;
 - at the end of training.
 
 A non-finite loss is therefore reported at most `log_every_n_steps` steps late, but the
@@ -41,7 +41,7 @@ class NonFiniteLossGuard(Callback):
 
     The message names the first bad step and its loss, the step where it was found and
     the loss terms logged there (the `train/` metrics), and the newest checkpoint,
-    which holds weights from before the bad step. Checkpoints written with
+    whose weights predate the bad step. Checkpoints written with
     `save_weights_only=True` skip the callback hooks and are not guarded.
 
     Args:

@@ -2,8 +2,8 @@
 
 A resumed run then draws the same noise, timesteps and dropout masks as an
 uninterrupted one, whatever ran between the checkpoint and the next batch (validation,
-sampling callbacks, DataLoader start-up), and no generator state has to be stored: the
-state at each batch is a function of three integers.
+sampling callbacks, DataLoader start-up). No generator state has to be stored, because
+the state at each batch is a function of three integers.
 Ranks get different seeds, so under DDP each rank draws its own noise for its own
 samples; Lightning's `seed_everything` alone gives every rank the same stream.
 """

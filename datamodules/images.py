@@ -171,6 +171,9 @@ class ImageDataModule(LightningDataModule):
         if stage in ("fit", "validate", None) and self.val_urls is None and self.val_shards is not None:
             self.val_urls, self.val_index = resolve_shards(self.val_shards, write_command=WRITE_COMMAND)
             self._check_image_size(self.val_index)
+            # Here rather than in val_dataloader, which Lightning first calls at the
+            # first validation: a run with too few shards stops before training.
+            self._check_validation_shards()
         if stage == "validate" and self.val_shards is None:
             raise ShardsNotFoundError(f"val_shards is not set; pass a shard folder written by `{WRITE_COMMAND}`")
         if self._skip_counter is None:
@@ -191,14 +194,7 @@ class ImageDataModule(LightningDataModule):
         if self.val_urls is None:
             return []
         rank, world_size = self._rank_and_world_size()
-        check_validation_shards(
-            shards=str(self.val_shards),
-            num_shards=len(self.val_urls),
-            num_samples=None if self.val_index is None else self.val_index.num_samples,
-            world_size=world_size,
-            num_workers=self.val_num_workers,
-            write_command=WRITE_COMMAND,
-        )
+        self._check_validation_shards()
         if world_size > 1:
             self._warn_uneven_validation(world_size)
         pipeline = val_pipeline(
@@ -282,6 +278,17 @@ class ImageDataModule(LightningDataModule):
                 self.image_size,
                 self.image_size,
             )
+
+    def _check_validation_shards(self) -> None:
+        assert self.val_urls is not None
+        check_validation_shards(
+            shards=str(self.val_shards),
+            num_shards=len(self.val_urls),
+            num_samples=None if self.val_index is None else self.val_index.num_samples,
+            world_size=self._rank_and_world_size()[1],
+            num_workers=self.val_num_workers,
+            write_command=WRITE_COMMAND,
+        )
 
     def _warn_uneven_validation(self, world_size: int) -> None:
         # NOTE: with uneven splits, ranks run different numbers of validation steps, so a

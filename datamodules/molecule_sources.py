@@ -24,7 +24,6 @@ the writer counts it as skipped. Missing files and folders still raise.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,8 +33,6 @@ import numpy as np
 from rdkit import Chem
 
 from unisep.datamodules.molecule_vocabulary import atomic_number
-
-logger = logging.getLogger(__name__)
 
 SOURCES = ("qm9pack", "sdf", "xyz", "smiles")
 

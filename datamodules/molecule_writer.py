@@ -49,8 +49,6 @@ from unisep.datamodules.molecule_vocabulary import QM9_ELEMENTS, QM9_MAX_ATOMS, 
 from unisep.datamodules.shards import ShardIndex, ShardSetWriter
 from unisep.metrics.molecules import AtomCloud, BondInferenceError, canonical_smiles, infer_bonds
 
-logger = logging.getLogger(__name__)
-
 WRITE_COMMAND = "unisep data molecules --source qm9pack data/qm9"
 
 #: Optimisation steps of the force-field refinement after embedding.

@@ -1,9 +1,9 @@
 """Which shards each rank and DataLoader worker reads.
 
-A *reader* is one DataLoader worker of one rank (the main process when a rank runs no
-workers); a run with `world_size` ranks of `num_workers` workers has
-`world_size * num_workers` readers, and reader `rank * num_workers + worker` is the
-global index used below.
+A *reader* is one DataLoader worker of one rank, or the rank's main process when it
+runs no workers. A run with `world_size` ranks of `num_workers` workers has
+`world_size * num_workers` readers, and below a reader's global index is
+`rank * num_workers + worker`.
 
 - Training: all ranks agree on one endless chain of random permutations of the shard
   list, seeded by the run seed and the epoch. Reader g of G reads entries

@@ -32,7 +32,7 @@ class VideoDataModule(LightningDataModule):
 
     Training reads the shards as an endless chain of permutations split over ranks and
     workers (see `shard_schedule`) and draws clips at random starts, so the stream never
-    ends; an epoch is `batches_per_epoch` batches on every rank. Validation reads each
+    ends. An epoch is `batches_per_epoch` batches on every rank. Validation reads each
     video once, with shards split over ranks and workers (at least one shard per
     reader), and takes `val_clips_per_video` clips at fixed, evenly spaced starts.
     Randomness comes from `(seed, epoch, rank, worker)`; `state_dict` stores the seed
@@ -162,6 +162,8 @@ class VideoDataModule(LightningDataModule):
             self.train_urls, self.train_index = resolve_shards(self.train_shards, write_command=WRITE_COMMAND)
         if stage in ("fit", "validate", None) and self.val_urls is None and self.val_shards is not None:
             self.val_urls, self.val_index = resolve_shards(self.val_shards, write_command=WRITE_COMMAND)
+            # Checked here so that a run with too few shards stops before training.
+            self._check_validation_shards()
         if stage == "validate" and self.val_shards is None:
             raise ShardsNotFoundError(f"val_shards is not set; pass a shard folder written by `{WRITE_COMMAND}`")
         if self._short_counter is None:
@@ -182,14 +184,7 @@ class VideoDataModule(LightningDataModule):
         if self.val_urls is None:
             return []
         rank, world_size = self._rank_and_world_size()
-        check_validation_shards(
-            shards=str(self.val_shards),
-            num_shards=len(self.val_urls),
-            num_samples=None if self.val_index is None else self.val_index.num_samples,
-            world_size=world_size,
-            num_workers=self.val_num_workers,
-            write_command=WRITE_COMMAND,
-        )
+        self._check_validation_shards()
         pipeline = val_clip_pipeline(
             self.val_urls,
             sampler=self._sampler(random_starts=False, clips=self.hparams.val_clips_per_video, seed=self.seed),
@@ -242,6 +237,17 @@ class VideoDataModule(LightningDataModule):
             counter=self._short_counter,
             with_actions=hp.with_actions,
             seed=seed,
+        )
+
+    def _check_validation_shards(self) -> None:
+        assert self.val_urls is not None
+        check_validation_shards(
+            shards=str(self.val_shards),
+            num_shards=len(self.val_urls),
+            num_samples=None if self.val_index is None else self.val_index.num_samples,
+            world_size=self._rank_and_world_size()[1],
+            num_workers=self.val_num_workers,
+            write_command=WRITE_COMMAND,
         )
 
     def _rank_and_world_size(self) -> tuple[int, int]:

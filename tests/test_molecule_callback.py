@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from lightning import Trainer
 from lightning.pytorch.loggers import CSVLogger
@@ -29,7 +28,6 @@ REQUIRED_KEYS = (
 )
 
 
-@pytest.mark.slow
 def test_callback_writes_metrics_and_files(tmp_path):
     table = load_qm9pack_table()
     for split, count in (("train", 40), ("val", 16)):

@@ -70,7 +70,9 @@ def test_validation_check_accepts_one_shard_per_reader():
 @pytest.fixture(scope="module")
 def uneven_images(tmp_path_factory):
     root = tmp_path_factory.mktemp("uneven_images")
-    return write_image_shards(root / "train", [16, 16, 16, 1]), write_image_shards(root / "val", [9, 4, 2])
+    # 9 training shards: with up to 4 readers each reader opens 2 or more per pass, at
+    # least one of 16 samples, so an epoch of 12 samples per rank stays within one pass.
+    return write_image_shards(root / "train", [16] * 8 + [1]), write_image_shards(root / "val", [9, 4, 2])
 
 
 def _image_module(train, val, rank: int, world_size: int, **kwargs) -> ImageDataModule:
@@ -97,16 +99,24 @@ def test_image_ranks_equal_batches_disjoint_samples(uneven_images, num_workers):
     assert set(epochs[0]).isdisjoint(epochs[1])
 
 
-def test_image_validation_rejects_too_few_shards(uneven_images):
+def test_image_validation_rejects_too_few_shards_at_setup(uneven_images):
     train, val = uneven_images
-    module = _image_module(train, val, rank=0, world_size=2, val_num_workers=2)
 
     with pytest.raises(ValueError, match="3 shards for 2 ranks x 2 workers = 4 readers"):
-        module.val_dataloader()
+        _image_module(train, val, rank=0, world_size=2, val_num_workers=2)
+
+
+def test_video_validation_rejects_too_few_shards_at_setup(tmp_path):
+    val = write_video_shards(tmp_path / "val", [2])
+    module = VideoDataModule(train_shards=str(val), val_shards=str(val), image_size=16, channels=1, clip_length=4)
+    module._rank_and_world_size = lambda: (0, 2)
+
+    with pytest.raises(ValueError, match="1 shards for 2 ranks x 1 workers = 2 readers"):
+        module.setup("fit")
 
 
 def test_video_ranks_equal_batches_disjoint_videos(tmp_path):
-    train = write_video_shards(tmp_path / "train", [5, 5, 1])
+    train = write_video_shards(tmp_path / "train", [8, 8, 8, 1])
     epochs = []
     for rank in (0, 1):
         module = VideoDataModule(

@@ -1,6 +1,6 @@
 """Two-process CPU runs of `unisep fit`: DDP for UNITE and SCD, FSDP for UNITE.
 
-The shard sets are deliberately uneven (one training shard holds 2 samples next to
+The shard sets are deliberately uneven (one training shard contains 2 samples next to
 shards of 24, and the validation shards are 10 and 3 samples), so a stream that gave
 ranks different batch counts would hang the run; each run has a hard timeout.
 Runs use `num_workers: 0`: worker splitting is covered in `test_scale_data.py`.
@@ -79,7 +79,7 @@ def test_ddp_unite_equal_batches_with_uneven_shards(ddp_unite):
 def test_ddp_unite_validation_reads_each_sample_once(ddp_unite):
     _, records = ddp_unite
 
-    # Validation ran after each of the 2 epochs; rank 0 holds the 10-sample shard.
+    # Validation ran after each of the 2 epochs; rank 0 reads the 10-sample shard.
     per_rank = [[sample for batch in record["val"] for sample in batch] for record in records]
     assert len(per_rank[0]) == 2 * 10
     assert len(per_rank[1]) == 2 * 3
@@ -88,7 +88,10 @@ def test_ddp_unite_validation_reads_each_sample_once(ddp_unite):
 
 
 def test_ddp_scd_ranks_read_disjoint_videos(tmp_path):
-    write_video_shards(tmp_path / "train", [6, 6, 1])
+    # Each rank reads 6 clips plus a 4-clip shuffle buffer. With 4 shards over 2 ranks,
+    # each rank opens 2 shards per pass, at least one of 12 videos, so an epoch stays
+    # within one pass, where ranks never share a shard.
+    write_video_shards(tmp_path / "train", [12, 12, 12, 1])
     write_video_shards(tmp_path / "val", [3, 2])
     config = scd_config(tmp_path, tmp_path / "train", tmp_path / "val", tmp_path / "record")
     path = write_config(config, tmp_path / "scd.yaml")

@@ -115,7 +115,7 @@ def test_replace_folder_swaps_complete_checkpoint(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 
 
-def test_optimizer_state_by_index_numbers_parameters_in_group_order():
+def test_optimizer_state_ids_follow_group_order():
     state = {
         "state": {"b.weight": {"step": 1}, "a.weight": {"step": 2}},
         "param_groups": [{"lr": 0.1, "params": ["b.weight"]}, {"lr": 0.2, "params": ["a.weight", "c.bias"]}],
@@ -144,3 +144,19 @@ def test_fsdp_config_parses(config, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["trainer"]["strategy"]["class_path"] == "unisep.training.fsdp.FullyShardedStrategy"
     assert isinstance(printed["trainer"]["limit_val_batches"], int)
+
+
+def test_bf16_precision_clips_fused_optimizer():
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from unisep.training.precision import BF16MixedPrecision
+
+    weight = torch.nn.Parameter(torch.zeros(4))
+    weight.grad = torch.full((4,), 10.0)
+    optimizer = torch.optim.AdamW([weight], fused=True)
+    with pytest.raises(RuntimeError, match="does not allow for gradient clipping"):
+        MixedPrecision("bf16-mixed", device="cpu").clip_gradients(optimizer, 1.0)
+
+    BF16MixedPrecision(device="cpu").clip_gradients(optimizer, 1.0)
+
+    torch.testing.assert_close(weight.grad.norm(), torch.tensor(1.0), rtol=1e-4, atol=1e-4)

@@ -76,14 +76,16 @@ def test_tiny_fit_writes_rollout_metrics(kind, shards, tmp_path):
     assert metrics["rollout_protocol"]["num_clips"] == 4
     assert set(metrics["skipped_metrics"]) == {"lpips", "fvd"}
     assert metrics["latency_includes_pixel_decoding"] is True
-    assert (tmp_path / "rollout.png").is_file() and (tmp_path / "rollout.gif").is_file()
+    assert (tmp_path / "rollout.png").is_file()
+    assert (tmp_path / "rollout.gif").is_file()
 
     # The checkpoint rebuilds the module, tokenizer included, and it still generates.
     cls = SCD if kind == "scd" else CausalDiTModule
     restored = cls.load_from_checkpoint(checkpoint.last_model_path, map_location="cpu")
     context = torch.rand(1, 3, 1, 16, 16) * 2 - 1
     frames = list(restored.generate(context, 2, steps=2))
-    assert len(frames) == 2 and frames[0].shape == (1, 1, 16, 16)
+    assert len(frames) == 2
+    assert frames[0].shape == (1, 1, 16, 16)
 
 
 def test_scd_optimizer_gives_decoder_double_lr():

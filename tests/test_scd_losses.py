@@ -57,7 +57,7 @@ def test_noise_frames_rejects_bad_probability():
         noise_frames(clip(), clean_frame_prob=1.0)
 
 
-def test_x_prediction_of_the_data_gives_the_target_velocity():
+def test_exact_x_prediction_gives_target_velocity():
     torch.manual_seed(0)
     x1 = clip()
     draw = noise_frames(x1, clean_frame_prob=0.0, timestep_std=0.5)
@@ -93,7 +93,7 @@ def test_scd_loss_encoder_input(encoder_input, monkeypatch):
 
     monkeypatch.setattr(network, "context", recording_context)
     SCDLoss(encoder_input=encoder_input, clean_frame_prob=0.0)(network, {"tokens": x1})
-    # The encoder's timestep embedding is always told "clean" (t = None means t = 1).
+    # The encoder's timestep embedding always receives "clean" (t = None means t = 1).
     assert seen["t"] is None
     if encoder_input == "clean":
         assert torch.equal(seen["tokens"], x1)

@@ -115,7 +115,8 @@ def test_kv_cache_update_and_commit():
     cache = KVCache(num_layers=2, batch=1, heads=2, head_dim=4, tokens_per_frame=3, max_frames=2)
     k, v = torch.ones(1, 2, 3, 4), torch.full((1, 2, 3, 4), 2.0)
     keys, values = cache.update(0, k, v)
-    assert keys.shape == (1, 2, 3, 4) and cache.length == 0
+    assert keys.shape == (1, 2, 3, 4)
+    assert cache.length == 0
     cache.commit(3)
     keys, values = cache.update(1, k, v)
     assert keys.shape == (1, 2, 6, 4)

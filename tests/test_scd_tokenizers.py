@@ -16,7 +16,9 @@ def test_patch_tokenizer_round_trip_is_exact():
     frames = torch.rand(2, 3, 3, 16, 16) * 2 - 1
     tokens = tokenizer.encode(frames)
     assert tokens.shape == (2, 3, 16, 48)
-    assert tokenizer.grid == (4, 4) and tokenizer.tokens_per_frame == 16 and tokenizer.token_channels == 48
+    assert tokenizer.grid == (4, 4)
+    assert tokenizer.tokens_per_frame == 16
+    assert tokenizer.token_channels == 48
     assert torch.equal(tokenizer.decode(tokens), frames)
 
 
@@ -67,7 +69,8 @@ def test_torchscript_tokenizer(tmp_path):
     path = tmp_path / "ae.pt"
     torch.jit.save(torch.jit.script(model), str(path))
     tokenizer = TorchScriptTokenizer(str(path), image_size=8, channels=3, scale=2.0, shift=0.5)
-    assert tokenizer.grid == (4, 4) and tokenizer.token_channels == 4
+    assert tokenizer.grid == (4, 4)
+    assert tokenizer.token_channels == 4
 
     frames = torch.rand(2, 3, 3, 8, 8) * 2 - 1
     tokens = tokenizer.encode(frames)

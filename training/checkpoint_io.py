@@ -1,10 +1,10 @@
 """Checkpoint writes that a killed process cannot leave half-done.
 
 `AtomicCheckpointIO` streams the checkpoint into a temporary file in the target's own
-folder, flushes and fsyncs it, renames it over the target with `os.replace` (atomic on
-POSIX file systems), then fsyncs the folder so that the rename survives a power loss.
-A process killed at any moment leaves the previous file or the new one under the
-target name, never a truncated file.
+folder, flushes and fsyncs it, and renames it over the target with `os.replace`, which
+is atomic on POSIX file systems. It then fsyncs the folder so that the rename survives
+a power loss. A process killed at any moment leaves the previous file or the new one
+under the target name, never a truncated file.
 
 Lightning 2.6's default `TorchCheckpointIO` serialises the checkpoint into memory,
 writes it to a temporary file in the system temp folder and moves it to the target.
@@ -48,7 +48,7 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """Write ``obj`` with ``torch.save`` so that ``path`` always holds a complete file.
+    """Write ``obj`` with ``torch.save`` so that ``path`` always contains a complete file.
 
     Args:
         obj: Anything ``torch.save`` accepts.

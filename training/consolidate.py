@@ -73,7 +73,7 @@ def consolidate_checkpoint(sharded: str | os.PathLike[str], output: str | os.Pat
     try:
         dcp_to_torch_save(sharded, merged_path)
         merged = torch.load(merged_path, map_location="cpu", mmap=True, weights_only=False)
-        # weights_only=False: meta.pt holds hyper-parameters and loop states, not only tensors.
+        # weights_only=False: meta.pt contains hyper-parameters and loop states, not only tensors.
         checkpoint = torch.load(sharded / "meta.pt", map_location="cpu", weights_only=False)
         checkpoint["state_dict"] = merged.pop("state_dict")
         indices = sorted(int(match.group(1)) for key in merged if (match := _OPTIMIZER_KEY.fullmatch(key)))

@@ -18,10 +18,10 @@ shards it with the same layout, and `ExponentialMovingAverage.update` blends eac
 rank's local shards without gathering anything.
 
 Every forward of a sharded module is a collective call over all ranks, so all ranks
-must run the same forwards: the same number of validation batches (an integer
-`limit_val_batches`, checked at the first validation) and no sampling on rank 0 alone
-(the callbacks `SampleGrid`, `RunSummary`, `VideoRollout` and `GenerationLatency`
-generate on rank 0 only and would hang).
+must run the same forwards. Validation therefore needs the same number of batches on
+every rank (an integer `limit_val_batches`, checked at the first validation). Sampling
+on rank 0 alone hangs, which rules out the callbacks `SampleGrid`, `RunSummary`,
+`VideoRollout` and `GenerationLatency`.
 
 Sharded checkpoints are folders (one file per rank plus `.metadata` and Lightning's
 `meta.pt`). They are written into a hidden staging folder and renamed into place, so a
@@ -145,16 +145,19 @@ class FullyShardedStrategy(ModelParallelStrategy):
 
     Args:
         wrap_classes: Import paths of the module classes to shard as units. Defaults
-            to the UNITE plan. A class only works as a unit if its instances are entered
-            through `forward` or a method in `forward_methods`: SCD runs its `DiTBlock`s
-            through `frame_block_forward`, which calls the blocks' submodules directly,
-            so SCD shards its encoder and decoder as units instead (`configs/scd_fsdp.yaml`).
+            to the UNITE plan. A class works as a unit only if its instances are
+            entered through `forward` or a method in `forward_methods`. SCD runs its
+            `DiTBlock`s through `frame_block_forward`, which calls the blocks'
+            submodules directly, so SCD shards its encoder and decoder instead
+            (`configs/scd_fsdp.yaml`).
         forward_methods: Import path of a class -> its entry methods besides `forward`;
             None gives UNITE's (`UniteNetwork.tokenize`, `denoise`, `decode`), which do
             nothing for a plan without `UniteNetwork`.
         param_dtype: Dtype of the gathered parameters in forward and backward
             (e.g. "bfloat16"); None computes in the stored dtype.
         reduce_dtype: Dtype of the gradient reduce-scatter; None uses `param_dtype`.
+        output_dtype: Dtype that the units' outputs are cast to (e.g. "float32", so
+            that losses are computed in full precision); None keeps the compute dtype.
         reshard_after_forward: Free gathered parameters after forward and gather again
             in backward (less memory, one more all-gather per unit).
         save_distributed_checkpoint: Write sharded checkpoint folders (one file per
@@ -169,6 +172,7 @@ class FullyShardedStrategy(ModelParallelStrategy):
         forward_methods: Mapping[str, Sequence[str]] | None = None,
         param_dtype: str | None = None,
         reduce_dtype: str | None = None,
+        output_dtype: str | None = None,
         reshard_after_forward: bool = True,
         save_distributed_checkpoint: bool = True,
         process_group_backend: str | None = None,
@@ -187,6 +191,7 @@ class FullyShardedStrategy(ModelParallelStrategy):
         self.forward_methods = dict(UNITE_FORWARD_METHODS if forward_methods is None else forward_methods)
         self.param_dtype = _dtype(param_dtype, "param_dtype")
         self.reduce_dtype = _dtype(reduce_dtype, "reduce_dtype")
+        self.output_dtype = _dtype(output_dtype, "output_dtype")
         self.reshard_after_forward = reshard_after_forward
         self.plan: list[ShardingUnit] = []
 
@@ -236,15 +241,17 @@ class FullyShardedStrategy(ModelParallelStrategy):
             raise ValueError(f"no module of {type(module).__name__} is an instance of wrap_classes {self.wrap_classes}")
         missing = unsharded_trainable_parameters(module, plan)
         if missing:
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise ValueError(
-                f"FSDP would leave {len(missing)} trainable parameters unsharded ({shown}); add the class of "
+                f"FSDP would leave {len(missing)} trainable parameters unsharded ({listed}); add the class of "
                 "the module that owns them to wrap_classes, with its entry methods in forward_methods if it is "
                 "not called through forward"
             )
 
         mesh = self.device_mesh["data_parallel"]
-        policy = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype)
+        policy = MixedPrecisionPolicy(
+            param_dtype=self.param_dtype, reduce_dtype=self.reduce_dtype, output_dtype=self.output_dtype
+        )
         modules = dict(module.named_modules())
         for unit in plan:
             target = modules[unit.name]
@@ -260,8 +267,8 @@ class FullyShardedStrategy(ModelParallelStrategy):
 
         Every forward under FSDP gathers weights with collective calls, so all ranks
         must run the same number of validation batches. unisep's validation streams
-        split shards over ranks, which gives ranks different counts, and they have no
-        length; an integer `limit_val_batches` no larger than the smallest rank's count
+        split shards over ranks, so ranks get different counts, and the streams have no
+        length. An integer `limit_val_batches` no larger than the smallest rank's count
         makes every rank stop at the same batch.
 
         Raises:
