@@ -341,7 +341,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     skipped = sum(index.skipped.values())
-    print(f"wrote {index.num_samples} videos in {len(index.shards)} shards to {args.out} ({skipped} inputs skipped)")
+    print(
+        f"wrote {index.num_samples} samples (videos or segments) in {len(index.shards)} shards to {args.out}"
+        f" (skipped inputs: {skipped})"
+    )
     return 0
 
 

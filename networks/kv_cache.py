@@ -117,7 +117,8 @@ class KVCache:
             )
         if self.length + num_tokens > self.capacity:
             raise ValueError(
-                f"cannot commit {num_tokens} tokens: the cache holds {self.capacity - self.length} more"
+                f"cannot commit {num_tokens} tokens: only {self.capacity - self.length} free token slots remain;"
+                " allocate the cache with a larger max_frames"
             )
         self.length += num_tokens
 

@@ -6,14 +6,16 @@ so `unisep fit` subprocesses get this folder on PYTHONPATH.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +104,7 @@ def sample_ids(batch: dict[str, Any]) -> list[str]:
 class BatchRecorder(Callback):
     """Write per rank the samples of every training and validation batch to ``out_dir/rank<r>.json``.
 
-    ``out_dir/progress-rank<r>`` holds the global step of the newest training batch, for
+    ``out_dir/progress-rank<r>`` contains the global step of the newest training batch, for
     tests that wait for a run to reach a step.
     """
 
@@ -138,6 +140,20 @@ class BatchRecorder(Callback):
 
 def read_records(out_dir: Path, world_size: int) -> list[dict[str, Any]]:
     return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(world_size)]
+
+
+@contextlib.contextmanager
+def preserved_global_rng() -> Iterator[None]:
+    """Restore the torch, numpy and `random` global generators on exit.
+
+    Training with `StepSeeding` or `seed_everything` reseeds them, which would change
+    what later tests in the same process draw.
+    """
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    with torch.random.fork_rng():
+        yield
+    np.random.set_state(numpy_state)
+    random.setstate(python_state)
 
 
 # ---------------------------------------------------------------- configs and runs

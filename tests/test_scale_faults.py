@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from scale_helpers import write_image_shards
+from scale_helpers import preserved_global_rng, write_image_shards
 from unisep.callbacks.nonfinite_loss import NonFiniteLossError, NonFiniteLossGuard
 from unisep.datamodules.images import ImageDataModule
 from unisep.lightning_modules import UNITE
@@ -30,6 +30,12 @@ class _NaNAtStep(UNITE):
     def training_step(self, batch, batch_idx):
         loss = super().training_step(batch, batch_idx)
         return loss * float("nan") if self.global_step == BAD_STEP - 1 else loss
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_rng():
+    with preserved_global_rng():
+        yield
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from scale_helpers import write_image_shards, write_video_shards
+from scale_helpers import preserved_global_rng, write_image_shards, write_video_shards
 from unisep.callbacks.step_seeding import StepSeeding, batch_seed
 from unisep.datamodules.images import ImageDataModule
 from unisep.datamodules.videos import VideoDataModule
@@ -24,6 +24,12 @@ from unisep.training.resume import find_resume_checkpoint, is_complete_checkpoin
 
 STEPS = 10  # 2k
 RESUME_AT = 5  # k: batch 2 of the second 3-batch epoch, so the resume lands mid-epoch
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_rng():
+    with preserved_global_rng():
+        yield
 
 
 def _unite() -> UNITE:
