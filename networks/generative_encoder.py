@@ -32,7 +32,7 @@ class GenerativeEncoder(nn.Module):
         num_classes: number of classes; the label table has one more, null, row.
         mlp_ratio: MLP width as a multiple of `width` (SwiGLU uses 2/3 of it).
         num_class_tokens: in-context class tokens (0 disables them).
-        class_token_start: index of the first block that sees the class tokens.
+        class_token_start: index of the first block that receives the class tokens.
         label_dropout: probability of the null class in training (for guidance).
     """
 

@@ -1,7 +1,7 @@
 """The modality interface: what a data type must provide to be modelled by UNITE.
 
 A modality is a small specification object (not a module) that builds two networks
-around the shared Generative Encoder, and knows how to read its batches:
+around the shared Generative Encoder, and reads the fields of its batches:
 
 - a *front end* that embeds a batch into data tokens for the tokenize mode;
 - a *decoder* that maps the K latent tokens back to data.

@@ -24,7 +24,7 @@ class UniteSize:
         latent_channels: C, channels per latent token.
         mlp_ratio: GE MLP width as a multiple of `width` (SwiGLU uses 2/3 of it).
         num_class_tokens: in-context class tokens of the GE.
-        class_token_start: first GE block that sees the class tokens.
+        class_token_start: first GE block that receives the class tokens.
     """
 
     width: int

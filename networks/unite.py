@@ -7,7 +7,7 @@ The two passes of a training step use the same GE weights (unless
     x_pred = LN(GE(x_t registers, t, label))
 
 `LN` is one LayerNorm with a learnable affine over the latent channels, shared by both
-modes; it fixes the latent scale that the flow's noise is matched to.
+modes. It fixes the latent scale, which the flow's unit-variance noise is matched to.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ class UniteNetwork(nn.Module):
         self.front_end = modality.build_front_end(size.width)
         self.decoder = modality.build_decoder(size.decoder, size.latent_tokens, size.latent_channels)
         # Register positions start as distinct 1-D sin-cos codes at unit scale, near the
-        # scale of the N(0, I) noise they are added to; tiny random positions make the
-        # K registers indistinguishable and the tokenizer collapses.
+        # scale of the N(0, I) noise they are added to. Tiny random positions make the K
+        # registers indistinguishable, and the tokenizer then collapses.
         self.register_pos = nn.Parameter(sincos_1d(size.width, torch.arange(size.latent_tokens)))
         self.latent_norm = nn.LayerNorm(size.latent_channels, elementwise_affine=True)
 

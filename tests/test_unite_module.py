@@ -47,7 +47,8 @@ def test_generate_shapes_and_range():
     for solver in ("euler", "heun"):
         images = model.generate(labels, solver=solver, steps=3)
         assert images.shape == (3, 1, 16, 16)
-        assert images.min() >= -1 and images.max() <= 1
+        assert images.min() >= -1
+        assert images.max() <= 1
     guided = model.generate(labels, steps=3, guidance_scale=2.0)
     assert guided.shape == (3, 1, 16, 16)
     images, latents = model.generate(labels, steps=3, return_latents=True)
@@ -121,7 +122,8 @@ def test_muon_split_covers_every_parameter():
     muon, adamw = optimizer.optimizers
     muon_count = sum(p.numel() for g in muon.param_groups for p in g["params"])
     adamw_count = sum(p.numel() for g in adamw.param_groups for p in g["params"])
-    assert muon_count > 0 and adamw_count > 0
+    assert muon_count > 0
+    assert adamw_count > 0
     assert muon_count + adamw_count == sum(p.numel() for p in model.network.parameters())
     assert all(p.ndim == 2 for g in muon.param_groups for p in g["params"])
 
