@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from unisep.datamodules.shards import ShardSetWriter, read_shard_index
+from unisep.datamodules.demo_shards import ensure_demo_splits
+from unisep.datamodules.shards import ShardSetWriter
 
 logger = logging.getLogger(__name__)
 
@@ -50,17 +49,6 @@ def digits_to_uint8(images: np.ndarray, image_size: int) -> np.ndarray:
         resized = np.asarray(scaled.resize((image_size, image_size), resample=Image.Resampling.BICUBIC))
         out[i] = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
     return out
-
-
-def _split_is_complete(folder: Path) -> bool:
-    try:
-        train = read_shard_index(folder / "train")
-        val = read_shard_index(folder / "val")
-    except (FileNotFoundError, ValueError):
-        return False
-    return train.num_samples + val.num_samples == DIGITS_TOTAL and all(
-        Path(url).is_file() for url in train.urls + val.urls
-    )
 
 
 def _write_split(folder: Path, name: str, pixels: np.ndarray, labels: np.ndarray, indices: np.ndarray, image_size: int) -> None:
@@ -108,39 +96,21 @@ def ensure_digits_shards(root: str | os.PathLike[str] = "data", image_size: int 
     """
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8 (the digits are 8 x 8), got {image_size}")
-    root = Path(root)
-    folder = root / f"digits-{image_size}"
-    paths = {"train": folder / "train", "val": folder / "val"}
-    if _split_is_complete(folder):
-        return paths
-    if folder.exists():
-        raise FileExistsError(f"{folder} exists but does not hold complete digits shards; delete it and run again")
 
-    root.mkdir(parents=True, exist_ok=True)
-    digits = load_digits()
-    labels = digits.target
-    pixels = digits_to_uint8(digits.images, image_size)
-    train_idx, val_idx = train_test_split(
-        np.arange(len(labels)), test_size=DIGITS_VAL_SIZE, stratify=labels, random_state=DIGITS_SPLIT_SEED
-    )
-
-    staging = Path(tempfile.mkdtemp(prefix=f".digits-{image_size}-", dir=root))
-    # mkdtemp creates the folder with mode 0700; give the final folder the usual
-    # permissions so that other users of a shared data folder can read it.
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
-    try:
+    def write(staging: Path) -> None:
+        digits = load_digits()
+        labels = digits.target
+        pixels = digits_to_uint8(digits.images, image_size)
+        train_idx, val_idx = train_test_split(
+            np.arange(len(labels)), test_size=DIGITS_VAL_SIZE, stratify=labels, random_state=DIGITS_SPLIT_SEED
+        )
         _write_split(staging, "train", pixels, labels, np.sort(train_idx), image_size)
         _write_split(staging, "val", pixels, labels, np.sort(val_idx), image_size)
-        try:
-            # rename() of a folder is atomic and fails when the target is a non-empty folder.
-            os.rename(staging, folder)
-            logger.info("Wrote the digits demo shards (%d px) to %s", image_size, folder)
-        except OSError:
-            if not _split_is_complete(folder):
-                raise
-            logger.info("Another process wrote %s first; using its shards", folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return paths
+
+    return ensure_demo_splits(
+        Path(root) / f"digits-{image_size}",
+        write,
+        num_samples={"train": DIGITS_TOTAL - DIGITS_VAL_SIZE, "val": DIGITS_VAL_SIZE},
+        description=f"the digits demo shards ({image_size} px)",
+        log=logger,
+    )

@@ -22,66 +22,33 @@ from __future__ import annotations
 
 import io
 import logging
-import multiprocessing
-import random
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import webdataset as wds
 from PIL import Image
 
 from unisep.datamodules.image_transforms import CHANNEL_MODES, adm_center_crop, image_to_tensor
-from unisep.datamodules.seeding import derive_seed, worker_info
+from unisep.datamodules.seeding import derive_seed
 from unisep.datamodules.shard_schedule import ShardChain
+from unisep.datamodules.stream_stages import (
+    CorruptPolicy,
+    ShuffleBuffer,
+    SkipCounter,
+    skip_or_raise,
+    tar_error_handler,
+    validation_pipeline,
+    worker_rng,
+)
+
+# Defined in stream_stages since the molecule and video streams share them; still
+# importable from here.
+from unisep.datamodules.stream_stages import CorruptSampleError, SplitByRank  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
-CorruptPolicy = Literal["skip", "raise"]
 IMAGE_MEMBERS = ("png", "jpg", "jpeg", "webp")
-
-# Corrupt samples logged one by one before only every 1000th is logged; the count is
-# shared by all workers of a stream.
-_MAX_CORRUPT_WARNINGS = 10
-_CORRUPT_LOG_EVERY = 1000
-
-
-class CorruptSampleError(ValueError):
-    """A sample in a shard could not be decoded and ``corrupt="raise"`` was set."""
-
-
-class SkipCounter:
-    """Count skipped samples across DataLoader worker processes.
-
-    The count lives in shared memory (``multiprocessing.Value``), so increments made in
-    worker processes are visible in the main process. Create it in the main process
-    before the workers start.
-    """
-
-    def __init__(self) -> None:
-        self._value = multiprocessing.Value("q", 0)
-
-    def increment(self) -> int:
-        """Add one and return the new total."""
-        with self._value.get_lock():
-            self._value.value += 1
-            return self._value.value
-
-    @property
-    def value(self) -> int:
-        """Samples skipped so far."""
-        return self._value.value
-
-
-def _worker_rng(seed: int, stage: int) -> random.Random:
-    worker, _ = worker_info()
-    return random.Random(derive_seed(seed, worker, stage))
-
-
-def _log_and_continue(error: Exception) -> bool:
-    """Webdataset handler for unreadable tar files: log and go on with the next shard."""
-    logger.warning("Skipped the rest of a shard that could not be read: %r", error)
-    return True
 
 
 class DecodeImages:
@@ -138,63 +105,21 @@ class DecodeImages:
             image = adm_center_crop(image, self.image_size)
         return {"image": image_to_tensor(image, self.channels), "label": label}
 
-    def _record_skip(self, sample: dict[str, Any], error: Exception) -> None:
-        key, url = sample.get("__key__"), sample.get("__url__")
-        if self.corrupt == "raise":
-            raise CorruptSampleError(
-                f"corrupt sample {key!r} in shard {url}: {error!r}. "
-                'Set corrupt="skip" to skip such samples, or rewrite the shard.'
-            ) from error
-        total = self.counter.increment()
-        if total <= _MAX_CORRUPT_WARNINGS or total % _CORRUPT_LOG_EVERY == 0:
-            logger.warning("Skipped corrupt sample %r in shard %s: %r (%d skipped so far)", key, url, error, total)
-
     def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        rng = _worker_rng(self.seed, stage=1) if self.random_flip else None
+        rng = worker_rng(self.seed, stage=1) if self.random_flip else None
         for sample in samples:
             try:
                 decoded = self.decode(sample)
             except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
                 # PIL raises OSError for unidentified or truncated data, and SyntaxError
                 # or EOFError from some format plugins for damaged chunks.
-                self._record_skip(sample, error)
+                skip_or_raise(
+                    sample, error, corrupt=self.corrupt, counter=self.counter, what="corrupt sample", log=logger
+                )
                 continue
             if rng is not None and rng.random() < 0.5:
                 decoded["image"] = decoded["image"].flip(-1)
             yield decoded
-
-
-class ShuffleBuffer:
-    """Pipeline stage: ``webdataset.shuffle`` seeded per worker at iteration time.
-
-    ``wds.shuffle(seed=...)`` would give every worker the same seed, because the stage
-    is built once in the main process and copied into the workers.
-    """
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size = size
-        self.seed = seed
-
-    def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        rng = _worker_rng(self.seed, stage=2)
-        return wds.shuffle(self.size, initial=self.size, rng=rng)(iter(samples))
-
-
-class SplitByRank:
-    """Pipeline stage: keep every ``world_size``-th shard URL, starting at ``rank``.
-
-    Rank and world size are passed in from the trainer instead of read from
-    ``torch.distributed`` inside the worker, where spawned workers see no process group.
-    """
-
-    def __init__(self, rank: int, world_size: int) -> None:
-        self.rank = rank
-        self.world_size = world_size
-
-    def __call__(self, urls: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for i, url in enumerate(urls):
-            if i % self.world_size == self.rank:
-                yield url
 
 
 def collate_images(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -236,10 +161,9 @@ def train_pipeline(
         A pipeline yielding ``{"image": (batch_size, C, H, W), "label": (batch_size,)}``.
     """
     stream_seed = derive_seed(seed, epoch, rank)
-    handler = wds.reraise_exception if decoder.corrupt == "raise" else _log_and_continue
     return wds.DataPipeline(
         ShardChain(urls, seed=seed, epoch=epoch, rank=rank, world_size=world_size),
-        wds.tarfile_to_samples(handler=handler),
+        wds.tarfile_to_samples(handler=tar_error_handler(decoder.corrupt)),
         ShuffleBuffer(shuffle_buffer, stream_seed),
         decoder,
         wds.batched(batch_size, collation_fn=collate_images, partial=False),
@@ -260,12 +184,12 @@ def val_pipeline(
     readable sample is yielded once. The last batch of each
     worker may be smaller than ``batch_size``.
     """
-    handler = wds.reraise_exception if decoder.corrupt == "raise" else _log_and_continue
-    return wds.DataPipeline(
-        wds.SimpleShardList(urls),
-        SplitByRank(rank, world_size),
-        wds.split_by_worker,
-        wds.tarfile_to_samples(handler=handler),
-        decoder,
-        wds.batched(batch_size, collation_fn=collate_images, partial=True),
+    return validation_pipeline(
+        urls,
+        decode=decoder,
+        collate=collate_images,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        handler=tar_error_handler(decoder.corrupt),
     )

@@ -30,6 +30,7 @@ from rich.progress import track
 
 from unisep.datamodules.image_transforms import adm_center_crop
 from unisep.datamodules.shards import ShardIndex, ShardSetWriter
+from unisep.datamodules.writer_command import add_output_arguments, run_writer, writer_main
 
 logger = logging.getLogger(__name__)
 
@@ -255,16 +256,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample order shuffle before writing (default: 0)")
     parser.add_argument("--no-shuffle", action="store_true", help="write samples in class order instead of a seeded shuffle")
     parser.add_argument("--prefix", default=None, help="shard file name prefix (default: the output folder name)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing shard set in OUT")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_output_arguments(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``unisep data images`` with parsed arguments; return the exit status."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def write() -> None:
         index = write_image_shards(
             args.src,
             args.out,
@@ -278,18 +277,15 @@ def run(args: argparse.Namespace) -> int:
             num_workers=args.workers,
             prefix=args.prefix,
         )
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    skipped = sum(index.skipped.values())
-    print(f"wrote {index.num_samples} images in {len(index.shards)} shards to {args.out} ({skipped} files skipped)")
-    return 0
+        skipped = sum(index.skipped.values())
+        print(f"wrote {index.num_samples} images in {len(index.shards)} shards to {args.out} ({skipped} files skipped)")
+
+    return run_writer(write)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: ``python -m unisep.datamodules.image_writer SRC OUT``."""
-    parser = add_arguments(argparse.ArgumentParser(prog="unisep data images", description=__doc__.splitlines()[0]))
-    return run(parser.parse_args(argv))
+    return writer_main(argv, prog="unisep data images", doc=__doc__, add_arguments=add_arguments, run=run)
 
 
 if __name__ == "__main__":

@@ -3,32 +3,25 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from pathlib import Path
+from typing import Literal
 
-import torch
 import webdataset as wds
-from lightning.pytorch import LightningDataModule
 
 from unisep.datamodules.digits import DIGITS_CLASSES, ensure_digits_shards
-from unisep.datamodules.epochs import FixedLengthEpochs, StreamPosition
-from unisep.datamodules.image_stream import (
-    CorruptPolicy,
-    DecodeImages,
-    SkipCounter,
-    derive_seed,
-    train_pipeline,
-    val_pipeline,
-)
+from unisep.datamodules.image_stream import DecodeImages, train_pipeline, val_pipeline
 from unisep.datamodules.image_writer import WRITE_COMMAND
-from unisep.datamodules.shard_schedule import check_validation_shards
+from unisep.datamodules.seeding import derive_seed
+from unisep.datamodules.shard_datamodule import ResumableShardDataModule
 from unisep.datamodules.shards import ShardIndex, ShardsNotFoundError, resolve_shards
+from unisep.datamodules.stream_stages import CorruptPolicy
 
 logger = logging.getLogger(__name__)
 
 DEMO_DATASETS = ("digits",)
 
 
-class ImageDataModule(LightningDataModule):
+class ImageDataModule(ResumableShardDataModule):
     """Images and class labels from WebDataset shards, for UNITE and other image models.
 
     Batches are ``{"image": (batch, channels, image_size, image_size) float32 in
@@ -46,6 +39,9 @@ class ImageDataModule(LightningDataModule):
     Shards come from ``unisep data images SRC OUT`` or, with ``demo="digits"``, from
     scikit-learn's handwritten digits written on first use.
     """
+
+    write_command = WRITE_COMMAND
+    demo_datasets = DEMO_DATASETS
 
     def __init__(
         self,
@@ -98,7 +94,7 @@ class ImageDataModule(LightningDataModule):
         Raises:
             ValueError: A setting is out of range, or ``demo`` is combined with shard paths.
         """
-        super().__init__()
+        super().__init__(train_shards, val_shards, demo, seed)
         self.save_hyperparameters()
         _check_positive(image_size=image_size, batch_size=batch_size, shuffle_buffer=shuffle_buffer)
         if val_batch_size is not None:
@@ -113,13 +109,7 @@ class ImageDataModule(LightningDataModule):
             raise ValueError(f"val_num_workers must be >= 0, got {val_num_workers}")
         if corrupt not in ("skip", "raise"):
             raise ValueError(f'corrupt must be "skip" or "raise", got {corrupt!r}')
-        if demo is not None and demo not in DEMO_DATASETS:
-            raise ValueError(f"demo must be one of {DEMO_DATASETS} or None, got {demo!r}")
-        if demo is not None and (train_shards is not None or val_shards is not None):
-            raise ValueError(f"demo={demo!r} writes its own shards; leave train_shards and val_shards unset")
 
-        self.train_shards = train_shards
-        self.val_shards = val_shards
         self.image_size = image_size
         self.channels = channels
         self.batch_size = batch_size
@@ -130,106 +120,13 @@ class ImageDataModule(LightningDataModule):
         self.batches_per_epoch = batches_per_epoch
         self.random_flip = random_flip
         self.corrupt: CorruptPolicy = corrupt
-        self.demo = demo
         self.demo_root = demo_root
-        self.seed = seed
-
-        self.position = StreamPosition()
-        self.train_urls: list[str] | None = None
-        self.train_index: ShardIndex | None = None
-        self.val_urls: list[str] | None = None
-        self.val_index: ShardIndex | None = None
-        self._skip_counter: SkipCounter | None = None
 
     # ------------------------------------------------------------------ Lightning hooks
-
-    def prepare_data(self) -> None:
-        """Write the demo shards once per node (Lightning calls this on local rank 0 only)."""
-        if self.demo == "digits":
-            ensure_digits_shards(self.demo_root, self.image_size)
-
-    def setup(self, stage: str | None = None) -> None:
-        """Resolve the shard paths needed by ``stage`` and read their indexes.
-
-        Raises:
-            ShardsNotFoundError: A required shard path is unset, missing or empty; the
-                message names the path and the command that writes shards.
-        """
-        if self.demo == "digits":
-            # Safe on every rank: the shards are reused if prepare_data wrote them.
-            paths = ensure_digits_shards(self.demo_root, self.image_size)
-            self.train_shards, self.val_shards = str(paths["train"]), str(paths["val"])
-
-        if stage in ("fit", None) and self.train_urls is None:
-            if self.train_shards is None:
-                raise ShardsNotFoundError(
-                    "train_shards is not set; pass a shard folder written by "
-                    f"`{WRITE_COMMAND}`, or set demo='digits'"
-                )
-            self.train_urls, self.train_index = resolve_shards(self.train_shards, write_command=WRITE_COMMAND)
-            self._check_image_size(self.train_index)
-        if stage in ("fit", "validate", None) and self.val_urls is None and self.val_shards is not None:
-            self.val_urls, self.val_index = resolve_shards(self.val_shards, write_command=WRITE_COMMAND)
-            self._check_image_size(self.val_index)
-            # Here rather than in val_dataloader, which Lightning first calls at the
-            # first validation: a run with too few shards stops before training.
-            self._check_validation_shards()
-        if stage == "validate" and self.val_shards is None:
-            raise ShardsNotFoundError(f"val_shards is not set; pass a shard folder written by `{WRITE_COMMAND}`")
-        if self._skip_counter is None:
-            # Created here, in the main process, so that DataLoader workers share it.
-            self._skip_counter = SkipCounter()
-
-    def train_dataloader(self) -> FixedLengthEpochs:
-        """Return the training batches; each iteration is one epoch of fixed length."""
-        if self.train_urls is None:
-            self.setup("fit")
-        _, world_size = self._rank_and_world_size()
-        return FixedLengthEpochs(self._train_loader, self._num_train_batches(), self.position, world_size)
-
-    def val_dataloader(self) -> wds.WebLoader | list[Any]:
-        """Return the validation batches, or an empty list (no validation) without ``val_shards``."""
-        if self.val_urls is None and self.val_shards is not None:
-            self.setup("validate")
-        if self.val_urls is None:
-            return []
-        rank, world_size = self._rank_and_world_size()
-        self._check_validation_shards()
-        if world_size > 1:
-            self._warn_uneven_validation(world_size)
-        pipeline = val_pipeline(
-            self.val_urls,
-            decoder=self._decoder(random_flip=False, seed=self.seed),
-            batch_size=self.val_batch_size,
-            rank=rank,
-            world_size=world_size,
-        )
-        return wds.WebLoader(
-            pipeline,
-            batch_size=None,
-            num_workers=self.val_num_workers,
-            pin_memory=torch.cuda.is_available(),
-        )
 
     def teardown(self, stage: str | None = None) -> None:
         if self.skipped:
             logger.warning("%d corrupt samples were skipped while reading image shards", self.skipped)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Return the seed and the training stream position (see ``StreamPosition``)."""
-        return {"seed": self.seed, **self.position.state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the seed and stream position, so training continues at the batch where it stopped."""
-        if state_dict["seed"] != self.seed:
-            logger.info("Using the checkpoint's data seed %d instead of %d", state_dict["seed"], self.seed)
-        self.seed = int(state_dict["seed"])
-        self.position.load_state_dict(state_dict)
-
-    @property
-    def epoch(self) -> int:
-        """Training epochs started so far."""
-        return self.position.epoch
 
     # ------------------------------------------------------------------ public helpers
 
@@ -267,7 +164,10 @@ class ImageDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ internals
 
-    def _check_image_size(self, index: ShardIndex | None) -> None:
+    def _write_demo(self) -> dict[str, Path] | None:
+        return ensure_digits_shards(self.demo_root, self.image_size) if self.demo == "digits" else None
+
+    def _check_index(self, index: ShardIndex | None) -> None:
         stored = None if index is None else index.writer.get("image_size")
         if stored is not None and stored != self.image_size:
             logger.warning(
@@ -278,17 +178,6 @@ class ImageDataModule(LightningDataModule):
                 self.image_size,
                 self.image_size,
             )
-
-    def _check_validation_shards(self) -> None:
-        assert self.val_urls is not None
-        check_validation_shards(
-            shards=str(self.val_shards),
-            num_shards=len(self.val_urls),
-            num_samples=None if self.val_index is None else self.val_index.num_samples,
-            world_size=self._rank_and_world_size()[1],
-            num_workers=self.val_num_workers,
-            write_command=WRITE_COMMAND,
-        )
 
     def _warn_uneven_validation(self, world_size: int) -> None:
         # NOTE: with uneven splits, ranks run different numbers of validation steps, so a
@@ -306,23 +195,8 @@ class ImageDataModule(LightningDataModule):
                 detail,
             )
 
-    def _rank_and_world_size(self) -> tuple[int, int]:
-        if self.trainer is not None:
-            return self.trainer.global_rank, self.trainer.world_size
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
     def _num_train_batches(self) -> int:
-        if self.batches_per_epoch is not None:
-            return self.batches_per_epoch
-        if self.train_index is None:
-            raise ValueError(
-                f"the length of an epoch is unknown because {self.train_shards!r} has no index.json; "
-                "set batches_per_epoch"
-            )
-        _, world_size = self._rank_and_world_size()
-        return max(1, self.train_index.num_samples // (self.batch_size * world_size))
+        return self._epoch_length(self.batches_per_epoch, self.batch_size)
 
     def _decoder(self, *, random_flip: bool, seed: int) -> DecodeImages:
         assert self._skip_counter is not None, "setup() creates the skip counter"
@@ -335,12 +209,26 @@ class ImageDataModule(LightningDataModule):
             seed=seed,
         )
 
+    def _val_loader(self, rank: int, world_size: int) -> wds.WebLoader:
+        assert self.val_urls is not None
+        if world_size > 1:
+            self._warn_uneven_validation(world_size)
+        pipeline = val_pipeline(
+            self.val_urls,
+            decoder=self._decoder(random_flip=False, seed=self.seed),
+            batch_size=self.val_batch_size,
+            rank=rank,
+            world_size=world_size,
+        )
+        return self._web_loader(pipeline, self.val_num_workers)
+
     def _train_loader(self, epoch: int) -> wds.WebLoader:
         assert self.train_urls is not None
         rank, world_size = self._rank_and_world_size()
+        stream_seed = derive_seed(self.seed, epoch, rank)
         pipeline = train_pipeline(
             self.train_urls,
-            decoder=self._decoder(random_flip=self.random_flip, seed=derive_seed(self.seed, epoch, rank)),
+            decoder=self._decoder(random_flip=self.random_flip, seed=stream_seed),
             batch_size=self.batch_size,
             shuffle_buffer=self.shuffle_buffer,
             seed=self.seed,
@@ -348,15 +236,7 @@ class ImageDataModule(LightningDataModule):
             rank=rank,
             world_size=world_size,
         )
-        return wds.WebLoader(
-            pipeline,
-            batch_size=None,
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            # The DataLoader draws its workers' base seed from this generator, not from
-            # the global torch RNG, so starting an epoch leaves the training RNG alone.
-            generator=torch.Generator().manual_seed(derive_seed(self.seed, epoch, rank) % 2**63),
-        )
+        return self._web_loader(pipeline, self.num_workers, seed=stream_seed)
 
 
 def _check_positive(**values: int) -> None:

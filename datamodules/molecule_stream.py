@@ -12,7 +12,7 @@ A decoded molecule is a fixed-size set of `max_atoms` atom slots:
 Atoms keep the order of the shard. The training stream can apply a uniformly random
 rotation per molecule, because the model's coordinate loss is not rotation invariant.
 The stream structure (resampled shards, per-worker seeded shuffle, rank splitting)
-follows the image streams in `image_stream`.
+follows the image streams in `image_stream`, with the stages of `stream_stages`.
 """
 
 from __future__ import annotations
@@ -25,23 +25,19 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from unisep.datamodules.image_stream import (
-    CorruptPolicy,
-    CorruptSampleError,
-    ShuffleBuffer,
-    SkipCounter,
-    SplitByRank,
-    derive_seed,
-    worker_info,
-)
 from unisep.datamodules.molecule_vocabulary import ElementVocabulary
 from unisep.datamodules.molecule_writer import decode_npz
+from unisep.datamodules.seeding import derive_seed, worker_info
+from unisep.datamodules.stream_stages import (
+    CorruptPolicy,
+    ShuffleBuffer,
+    SkipCounter,
+    skip_or_raise,
+    tar_error_handler,
+    validation_pipeline,
+)
 
 logger = logging.getLogger(__name__)
-
-# Bad samples logged one by one before only every 1000th is logged.
-_MAX_CORRUPT_WARNINGS = 10
-_CORRUPT_LOG_EVERY = 1000
 
 
 def random_rotation_matrix(rng: np.random.Generator) -> np.ndarray:
@@ -116,17 +112,6 @@ class DecodeMolecules:
         smiles = sample["smi"].decode("utf-8").strip() if "smi" in sample else ""
         return {"elements": elements, "positions": padded, "mask": mask, "smiles": smiles}
 
-    def _record_skip(self, sample: dict[str, Any], error: Exception) -> None:
-        key, url = sample.get("__key__"), sample.get("__url__")
-        if self.corrupt == "raise":
-            raise CorruptSampleError(
-                f"unusable molecule {key!r} in shard {url}: {error}. "
-                'Set corrupt="skip" to skip such samples, or rewrite the shards.'
-            ) from error
-        total = self.counter.increment()
-        if total <= _MAX_CORRUPT_WARNINGS or total % _CORRUPT_LOG_EVERY == 0:
-            logger.warning("Skipped molecule %r in shard %s: %s (%d skipped so far)", key, url, error, total)
-
     def __call__(self, samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         worker, _ = worker_info()
         rng = np.random.default_rng(derive_seed(self.seed, worker, 3)) if self.random_rotation else None
@@ -134,7 +119,9 @@ class DecodeMolecules:
             try:
                 decoded = self.decode(sample, rng)
             except ValueError as error:
-                self._record_skip(sample, error)
+                skip_or_raise(
+                    sample, error, corrupt=self.corrupt, counter=self.counter, what="unusable molecule", log=logger
+                )
                 continue
             yield decoded
 
@@ -154,12 +141,6 @@ def collate_molecules(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "label": torch.zeros(len(samples), dtype=torch.int64),
         "smiles": [s["smiles"] for s in samples],
     }
-
-
-def _log_and_continue(error: Exception) -> bool:
-    """Webdataset handler for unreadable tar files: log and go on with the next shard."""
-    logger.warning("Skipped the rest of a molecule shard that could not be read: %r", error)
-    return True
 
 
 def _dataloader_worker_id() -> int:
@@ -183,10 +164,9 @@ def molecule_train_pipeline(
     of batches per epoch.
     """
     stream_seed = derive_seed(seed, epoch, rank)
-    handler = wds.reraise_exception if decoder.corrupt == "raise" else _log_and_continue
     return wds.DataPipeline(
         wds.ResampledShards(urls, seed=stream_seed, deterministic=True, worker_seed=_dataloader_worker_id),
-        wds.tarfile_to_samples(handler=handler),
+        wds.tarfile_to_samples(handler=tar_error_handler(decoder.corrupt, "molecule shard")),
         ShuffleBuffer(shuffle_buffer, stream_seed),
         decoder,
         wds.batched(batch_size, collation_fn=collate_molecules, partial=False),
@@ -206,14 +186,14 @@ def molecule_val_pipeline(
     Shards are split over ranks, then over DataLoader workers; the last batch of each
     worker may be smaller than `batch_size`.
     """
-    handler = wds.reraise_exception if decoder.corrupt == "raise" else _log_and_continue
-    return wds.DataPipeline(
-        wds.SimpleShardList(urls),
-        SplitByRank(rank, world_size),
-        wds.split_by_worker,
-        wds.tarfile_to_samples(handler=handler),
-        decoder,
-        wds.batched(batch_size, collation_fn=collate_molecules, partial=True),
+    return validation_pipeline(
+        urls,
+        decode=decoder,
+        collate=collate_molecules,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        handler=tar_error_handler(decoder.corrupt, "molecule shard"),
     )
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import logging
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -47,6 +46,7 @@ from unisep.datamodules.molecule_sources import (
 )
 from unisep.datamodules.molecule_vocabulary import QM9_ELEMENTS, QM9_MAX_ATOMS, ElementVocabulary
 from unisep.datamodules.shards import ShardIndex, ShardSetWriter
+from unisep.datamodules.writer_command import add_output_arguments, run_writer, writer_main
 from unisep.metrics.molecules import AtomCloud, BondInferenceError, canonical_smiles, infer_bonds
 
 WRITE_COMMAND = "unisep data molecules --source qm9pack data/qm9"
@@ -314,15 +314,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="read at most N input molecules (per split)")
     parser.add_argument("--seed", type=int, default=0, help="ETKDG seed for inputs without 3-D coordinates (default: 0)")
     parser.add_argument("--shard-size", type=int, default=5000, help="molecules per tar shard (default: 5000)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing shard set in OUT")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_output_arguments(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``unisep data molecules`` with parsed arguments; return the exit status."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     options = dict(
         elements=[symbol.strip() for symbol in args.elements.split(",") if symbol.strip()],
         max_atoms=args.max_atoms,
@@ -334,7 +331,8 @@ def run(args: argparse.Namespace) -> int:
     )
     split = args.split or ("all" if args.source == "qm9pack" else None)
     targets = [(s, args.out / s) for s in QM9_SPLITS] if split == "all" else [(split, args.out)]
-    try:
+
+    def write() -> None:
         if args.source == "qm9pack":
             options["qm9pack_table"] = load_qm9pack_table(args.input)
         for name, out in targets:
@@ -342,16 +340,13 @@ def run(args: argparse.Namespace) -> int:
             skipped = sum(index.skipped.values())
             reasons = f": {index.skipped}" if skipped else ""
             print(f"wrote {index.num_samples} molecules in {len(index.shards)} shards to {out} ({skipped} skipped{reasons})")
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+
+    return run_writer(write)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: ``python -m unisep.datamodules.molecule_writer --source ... OUT``."""
-    parser = add_arguments(argparse.ArgumentParser(prog="unisep data molecules", description=__doc__.splitlines()[0]))
-    return run(parser.parse_args(argv))
+    return writer_main(argv, prog="unisep data molecules", doc=__doc__, add_arguments=add_arguments, run=run)
 
 
 if __name__ == "__main__":

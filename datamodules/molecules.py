@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import webdataset as wds
-from lightning.pytorch import LightningDataModule
 
-from unisep.datamodules.image_stream import CorruptPolicy, SkipCounter, derive_seed
 from unisep.datamodules.molecule_stream import (
     DecodeMolecules,
     molecule_train_pipeline,
@@ -20,7 +18,10 @@ from unisep.datamodules.molecule_stream import (
 from unisep.datamodules.molecule_vocabulary import QM9_ELEMENTS, QM9_MAX_ATOMS, ElementVocabulary
 from unisep.datamodules.molecule_writer import WRITE_COMMAND
 from unisep.datamodules.qm9_demo import ensure_qm9_demo_shards
-from unisep.datamodules.shards import ShardIndex, ShardsNotFoundError, resolve_shards
+from unisep.datamodules.seeding import derive_seed
+from unisep.datamodules.shard_datamodule import ShardDataModule
+from unisep.datamodules.shards import ShardIndex
+from unisep.datamodules.stream_stages import CorruptPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class _FixedLengthEpochs:
         yield from self.datamodule._train_loader(epoch).with_epoch(nbatches=self.num_batches)
 
 
-class MoleculeDataModule(LightningDataModule):
+class MoleculeDataModule(ShardDataModule):
     """3-D molecules from WebDataset shards, as padded atom sets for UNITE.
 
     Batches are dicts with these entries:
@@ -65,8 +66,12 @@ class MoleculeDataModule(LightningDataModule):
     rank, worker); `state_dict` stores the seed and the epoch count.
 
     Shards come from ``unisep data molecules`` or, with ``demo="qm9"``, from a subset of
-    the QM9 molecules in qm9pack written on first use.
+    the QM9 molecules in qm9pack written on first use. ``setup`` rejects shards written
+    with a larger ``max_atoms`` or with elements outside ``elements``.
     """
+
+    write_command = WRITE_COMMAND
+    demo_datasets = DEMO_DATASETS
 
     def __init__(
         self,
@@ -117,7 +122,7 @@ class MoleculeDataModule(LightningDataModule):
         Raises:
             ValueError: a setting is out of range, or `demo` is combined with shard paths.
         """
-        super().__init__()
+        super().__init__(train_shards, val_shards, demo, seed)
         self.save_hyperparameters()
         for name, value in dict(batch_size=batch_size, shuffle_buffer=shuffle_buffer, max_atoms=max_atoms).items():
             if value < 1:
@@ -129,14 +134,8 @@ class MoleculeDataModule(LightningDataModule):
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if corrupt not in ("skip", "raise"):
             raise ValueError(f'corrupt must be "skip" or "raise", got {corrupt!r}')
-        if demo is not None and demo not in DEMO_DATASETS:
-            raise ValueError(f"demo must be one of {DEMO_DATASETS} or None, got {demo!r}")
-        if demo is not None and (train_shards is not None or val_shards is not None):
-            raise ValueError(f"demo={demo!r} writes its own shards; leave train_shards and val_shards unset")
 
         self.vocabulary = ElementVocabulary(elements)
-        self.train_shards = train_shards
-        self.val_shards = val_shards
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
@@ -144,78 +143,20 @@ class MoleculeDataModule(LightningDataModule):
         self.batches_per_epoch = batches_per_epoch
         self.random_rotation = random_rotation
         self.corrupt: CorruptPolicy = corrupt
-        self.demo = demo
         self.demo_root = demo_root
         self.demo_train_size = demo_train_size
         self.demo_val_size = demo_val_size
-        self.seed = seed
         self.max_atoms = max_atoms
 
         self.epoch = 0  # training epochs started so far; the next epoch's number
-        self.train_urls: list[str] | None = None
-        self.train_index: ShardIndex | None = None
-        self.val_urls: list[str] | None = None
-        self.val_index: ShardIndex | None = None
-        self._skip_counter: SkipCounter | None = None
 
     # ------------------------------------------------------------------ Lightning hooks
-
-    def prepare_data(self) -> None:
-        """Write the demo shards once per node (Lightning calls this on local rank 0 only)."""
-        if self.demo == "qm9":
-            ensure_qm9_demo_shards(self.demo_root, self.demo_train_size, self.demo_val_size)
-
-    def setup(self, stage: str | None = None) -> None:
-        """Resolve the shard paths needed by `stage` and check their indexes.
-
-        Raises:
-            ShardsNotFoundError: a required shard path is unset, missing or empty.
-            ValueError: the shards were written with a larger `max_atoms` or with
-                elements outside `elements`.
-        """
-        if self.demo == "qm9":
-            paths = ensure_qm9_demo_shards(self.demo_root, self.demo_train_size, self.demo_val_size)
-            self.train_shards, self.val_shards = str(paths["train"]), str(paths["val"])
-
-        if stage in ("fit", None) and self.train_urls is None:
-            if self.train_shards is None:
-                raise ShardsNotFoundError(
-                    f"train_shards is not set; pass a shard folder written by `{WRITE_COMMAND}`, or set demo='qm9'"
-                )
-            self.train_urls, self.train_index = resolve_shards(self.train_shards, write_command=WRITE_COMMAND)
-            self._check_index(self.train_index)
-        if stage in ("fit", "validate", None) and self.val_urls is None and self.val_shards is not None:
-            self.val_urls, self.val_index = resolve_shards(self.val_shards, write_command=WRITE_COMMAND)
-            self._check_index(self.val_index)
-        if stage == "validate" and self.val_shards is None:
-            raise ShardsNotFoundError(f"val_shards is not set; pass a shard folder written by `{WRITE_COMMAND}`")
-        if self._skip_counter is None:
-            # Created here, in the main process, so that DataLoader workers share it.
-            self._skip_counter = SkipCounter()
 
     def train_dataloader(self) -> _FixedLengthEpochs:
         """Return the training batches; each iteration is one epoch of fixed length."""
         if self.train_urls is None:
             self.setup("fit")
         return _FixedLengthEpochs(self, self._num_train_batches())
-
-    def val_dataloader(self) -> wds.WebLoader | list[Any]:
-        """Return the validation batches, or an empty list without `val_shards`."""
-        if self.val_urls is None and self.val_shards is not None:
-            self.setup("validate")
-        if self.val_urls is None:
-            return []
-        rank, world_size = self._rank_and_world_size()
-        pipeline = molecule_val_pipeline(
-            self.val_urls,
-            decoder=self._decoder(random_rotation=False, seed=self.seed),
-            batch_size=self.val_batch_size,
-            rank=rank,
-            world_size=world_size,
-        )
-        # More workers than shards would leave some workers without data.
-        shards_on_rank = len(self.val_urls[rank::world_size])
-        return wds.WebLoader(pipeline, batch_size=None, num_workers=min(self.num_workers, shards_on_rank))
 
     def teardown(self, stage: str | None = None) -> None:
         if self.skipped:
@@ -263,6 +204,11 @@ class MoleculeDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ internals
 
+    def _write_demo(self) -> dict[str, Path] | None:
+        if self.demo != "qm9":
+            return None
+        return ensure_qm9_demo_shards(self.demo_root, self.demo_train_size, self.demo_val_size)
+
     def _check_index(self, index: ShardIndex | None) -> None:
         """Reject shards whose writer settings cannot fit this vocabulary and size."""
         if index is None:
@@ -282,23 +228,8 @@ class MoleculeDataModule(LightningDataModule):
                     f"elements={list(self.vocabulary.symbols)}; add them to elements"
                 )
 
-    def _rank_and_world_size(self) -> tuple[int, int]:
-        if self.trainer is not None:
-            return self.trainer.global_rank, self.trainer.world_size
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-
     def _num_train_batches(self) -> int:
-        if self.batches_per_epoch is not None:
-            return self.batches_per_epoch
-        if self.train_index is None:
-            raise ValueError(
-                f"the length of an epoch is unknown because {self.train_shards!r} has no index.json; "
-                "set batches_per_epoch"
-            )
-        _, world_size = self._rank_and_world_size()
-        return max(1, self.train_index.num_samples // (self.batch_size * world_size))
+        return self._epoch_length(self.batches_per_epoch, self.batch_size)
 
     def _decoder(self, *, random_rotation: bool, seed: int) -> DecodeMolecules:
         assert self._skip_counter is not None, "setup() creates the skip counter"
@@ -310,6 +241,19 @@ class MoleculeDataModule(LightningDataModule):
             random_rotation=random_rotation,
             seed=seed,
         )
+
+    def _val_loader(self, rank: int, world_size: int) -> wds.WebLoader:
+        assert self.val_urls is not None
+        pipeline = molecule_val_pipeline(
+            self.val_urls,
+            decoder=self._decoder(random_rotation=False, seed=self.seed),
+            batch_size=self.val_batch_size,
+            rank=rank,
+            world_size=world_size,
+        )
+        # More workers than shards would leave some workers without data.
+        shards_on_rank = len(self.val_urls[rank::world_size])
+        return wds.WebLoader(pipeline, batch_size=None, num_workers=min(self.num_workers, shards_on_rank))
 
     def _begin_train_epoch(self) -> int:
         epoch = self.epoch

