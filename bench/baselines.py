@@ -5,7 +5,9 @@
 - `ConcatenatingKVCache`: a key-value cache that grows by `torch.cat` at every new
   frame (as the SCD reference code does), in place of the preallocated `KVCache`;
 - `count_host_reads`: counts the Python-level reads of tensor values (`.item()`,
-  `bool(t)`, `float(t)`, ...) that force a host-device synchronisation on a GPU.
+  `bool(t)`, `float(t)`, ...) that force a host-device synchronisation on a GPU;
+- `count_cuda_syncs`: counts every host-device synchronisation of a call on a GPU,
+  those inside C++ kernels included.
 
 Nothing in the package imports this file.
 """
@@ -13,7 +15,9 @@ Nothing in the package imports this file.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -127,3 +131,23 @@ def count_host_reads() -> Iterator[list[str]]:
     finally:
         for name, original in originals.items():
             setattr(torch.Tensor, name, original)
+
+
+def count_cuda_syncs(fn: Callable[[], Any], device: torch.device) -> int | None:
+    """Run `fn` once and count the host-device synchronisations it makes on a GPU.
+
+    `torch.cuda.set_sync_debug_mode("warn")` issues one warning per synchronising
+    CUDA call, and this counts them. Returns None without running `fn` when `device`
+    is not CUDA.
+    """
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: hardware, alternating timing, memory, JSON, tables.
+"""Helpers shared by the benchmark scripts: options, hardware, alternating timing, memory, JSON, tables.
 
 Machines are shared and noisy, so a benchmark compares variants by ratio inside one
 process: `alternate` runs every variant once per round, round after round, after an
@@ -6,11 +6,13 @@ untimed warm-up, and the figure of a variant is the median over the rounds. Abso
 times mean little on a shared CPU; quote them only from a GPU run with the GPU named.
 
 Each script imports this file as `common` (Python puts the script's folder first on
-`sys.path`), prints a table and writes `bench/results/<name>.json`.
+`sys.path`), prints a table and writes `bench/results/<name>.json` with `write_run`.
+The timing scripts take the shared options of `add_run_arguments`.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -25,6 +27,8 @@ from typing import Any
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+MIB = 2**20
+GIB = 2**30
 
 
 def hardware() -> dict[str, Any]:
@@ -141,6 +145,28 @@ def cuda_peak_bytes(device: torch.device | str) -> Iterator[list[int | None]]:
     result[0] = torch.cuda.max_memory_allocated(device)
 
 
+def activation_mib(forward: Callable[[], Any]) -> float:
+    """Return the MiB that autograd keeps for backward during one call of `forward`.
+
+    The output of `forward` is dropped without a backward. `saved_activation_bytes`
+    describes what the count includes.
+    """
+    with saved_activation_bytes() as saved:
+        output = forward()
+    del output
+    return saved[0] / MIB
+
+
+def cuda_peak(fn: Callable[[], Any], device: torch.device | str, unit: int = MIB) -> float | None:
+    """Run `fn` once and return the CUDA allocator peak in multiples of `unit` bytes.
+
+    Returns None on a device other than CUDA.
+    """
+    with cuda_peak_bytes(device) as peak:
+        fn()
+    return None if peak[0] is None else peak[0] / unit
+
+
 def command_line(script: str, argv: Sequence[str] | None) -> str:
     """Return the command that ran `script` with `argv`, for the JSON record."""
     args = list(argv) if argv is not None else sys.argv[1:]
@@ -155,6 +181,23 @@ def write_result(name: str, result: dict[str, Any], out: Path | None = None) -> 
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {path}")
     return path
+
+
+def write_run(
+    name: str,
+    command: str,
+    started: float,
+    metadata: dict[str, Any],
+    results: dict[str, Any],
+    out: Path | None = None,
+) -> Path:
+    """Write a run's record with `write_result`, its fields in a fixed order.
+
+    The record is `{"command", **metadata, "total_seconds", **results}`, where
+    `total_seconds` is the time since `started`, a `time.perf_counter()` reading.
+    """
+    record = {"command": command, **metadata, "total_seconds": time.perf_counter() - started, **results}
+    return write_result(name, record, out)
 
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> None:
@@ -191,3 +234,44 @@ def set_threads(threads: int) -> None:
         raise ValueError(f"--threads must be >= 0, got {threads}")
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+def add_out_argument(parser: argparse.ArgumentParser, name: str, help_text: str | None = None) -> None:
+    """Add `--out`, the JSON output path, whose default is `bench/results/<name>.json`."""
+    help_text = help_text or f"JSON output (default: bench/results/{name}.json)"
+    parser.add_argument("--out", type=Path, default=None, help=help_text)
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser,
+    name: str,
+    *,
+    repeats: int,
+    dtype: bool = False,
+    device_help: str = "cpu or cuda (default: cuda when available)",
+    out_help: str | None = None,
+) -> None:
+    """Add the options of a timing script: --repeats, --dtype (when `dtype`), --threads, --device, --out.
+
+    Args:
+        parser: the script's parser.
+        name: the result name, for the default of --out.
+        repeats: default number of alternating rounds.
+        dtype: add `--dtype {fp32,bf16}` for bf16 autocast on CUDA.
+        device_help, out_help: help texts that replace the generic ones.
+    """
+    parser.add_argument("--repeats", type=int, default=repeats, help=f"alternating rounds (default: {repeats})")
+    if dtype:
+        parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    parser.add_argument("--device", default=default_device(), help=device_help)
+    add_out_argument(parser, name, out_help)
+
+
+def start_run(args: argparse.Namespace, seed: int | None = 0) -> torch.device:
+    """Apply `--threads`, seed torch's global generator unless `seed` is None, and return `--device`."""
+    set_threads(args.threads)
+    device = torch.device(args.device)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return device

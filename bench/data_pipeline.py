@@ -24,10 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from PIL import Image
 
-from common import THREADS_HELP, command_line, default_device, median, print_table, set_threads, time_call, write_result
+from common import add_run_arguments, command_line, median, print_table, start_run, time_call, write_run
 from setups import build_unite, image_batch, unite_optimizer, unite_train_step
 from unisep.datamodules.image_writer import write_image_shards
 from unisep.datamodules.images import ImageDataModule
@@ -80,14 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-preset", default="unite_tiny", help="UNITE preset whose consumption is measured")
     parser.add_argument("--model-patch-size", type=int, default=16, help="patch side of that model (default: 16)")
     parser.add_argument("--model-batch-size", type=int, default=8, help="images per model step (default: 8)")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating rounds (default: 2)")
-    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    parser.add_argument("--device", default=default_device(), help="device of the model step: cpu or cuda")
-    parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/data_pipeline.json)")
+    add_run_arguments(parser, "data_pipeline", repeats=2, device_help="device of the model step: cpu or cuda")
     args = parser.parse_args(argv)
 
-    set_threads(args.threads)
-    device = torch.device(args.device)
+    device = start_run(args, seed=None)
     started = time.perf_counter()
     scratch = tempfile.TemporaryDirectory(prefix="unisep-bench-data-")
     root = Path(scratch.name)
@@ -133,10 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     print(f"model ({args.model_preset}, {args.image_size} px, patch {args.model_patch_size}): {model_rate:.1f} images/s")
-    write_result(
+    write_run(
         "data_pipeline",
+        command_line("data_pipeline.py", argv),
+        started,
         {
-            "command": command_line("data_pipeline.py", argv),
             "settings": {
                 "image_size": args.image_size,
                 "source": "random crops of scikit-learn's china.jpg and flower.jpg",
@@ -153,9 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                 "repeats": args.repeats,
             },
             "model_images_per_sec": model_rate,
-            "total_seconds": time.perf_counter() - started,
-            "rows": rows,
         },
+        {"rows": rows},
         args.out,
     )
     scratch.cleanup()

@@ -29,30 +29,18 @@ import argparse
 import statistics
 import sys
 import time
-import warnings
-from pathlib import Path
 
 import torch
 
-from baselines import concatenating_cache, count_host_reads, explicit_attention
-from common import (
-    THREADS_HELP,
-    alternate,
-    command_line,
-    default_device,
-    median,
-    print_table,
-    saved_activation_bytes,
-    set_threads,
-    time_call,
-    write_result,
-)
+from baselines import concatenating_cache, count_cuda_syncs, count_host_reads, explicit_attention
+from common import activation_mib, add_run_arguments, alternate, command_line, median, print_table, start_run, time_call, write_run
 from setups import (
     adamw,
     autocast_context,
     build_unite,
     image_batch,
     rollout_frame_times,
+    scd_and_causal_dit,
     unite_loss_forward,
     unite_optimizer,
     unite_train_step,
@@ -60,14 +48,12 @@ from setups import (
 from unisep.lightning_modules.optim import adamw_kernel
 from unisep.lightning_modules.scd_loss import SCDLoss
 from unisep.lightning_modules.video_rollout import causal_dit_rollout, scd_rollout
-from unisep.networks.causal_dit import CausalDiT
 from unisep.networks.scd import SCDNetwork
-from unisep.networks.scd_presets import matching_causal_dit, scd_preset
+from unisep.networks.scd_presets import scd_preset
 
 SECTIONS = ("sdpa", "adamw", "compile", "checkpointing", "batched_passes", "kv_cache", "host_reads", "bf16")
 # Compiling the UNITE step took 283 s on a 2-core CPU with an empty compile cache, so it runs only on request.
 DEFAULT_SECTIONS = tuple(section for section in SECTIONS if section != "compile")
-MIB = 2**20
 
 
 def row(path: str, setting: str, before: str, after: str, times: dict[str, list[float]], default: str, **extra) -> dict:
@@ -153,11 +139,8 @@ def measure_checkpointing(args, device) -> list[dict]:
 
     for name, enabled in (("checkpointing", True), ("no checkpointing", False)):
         module.network.set_gradient_checkpointing(enabled)
-        with saved_activation_bytes() as saved:
-            loss = forward()
-        del loss
+        memory[name] = activation_mib(forward)
         module.network.zero_grad(set_to_none=True)
-        memory[name] = saved[0] / MIB
     times = alternate({"checkpointing": with_checkpointing, "no checkpointing": without}, args.repeats, device)
     module.network.set_gradient_checkpointing(False)
     return [
@@ -200,11 +183,10 @@ def extension_seconds(network: SCDNetwork, context: torch.Tensor, frames: int, d
 
 
 def measure_kv_cache(args, device) -> list[dict]:
-    size = scd_preset("scd_tiny", width=128, heads=2)
-    twin = matching_causal_dit(size)
     grid, channels = (4, 4), 32
-    scd = SCDNetwork(size, channels, grid).to(device).eval()
-    causal_dit = CausalDiT(channels, grid, twin.width, twin.depth, twin.heads, twin.mlp_ratio).to(device).eval()
+    scd, causal_dit = scd_and_causal_dit(scd_preset("scd_tiny", width=128, heads=2), channels, grid, device)
+    scd.eval()
+    causal_dit.eval()
     context = torch.randn(1, args.context, grid[0] * grid[1], channels, device=device)
 
     def scd_extension():
@@ -246,21 +228,14 @@ def measure_host_reads(args, device) -> list[dict]:
         ("UNITE", lambda: module.loss(module.network, batch, step=10_000)[0], module.network.parameters),
         ("SCD", lambda: SCDLoss()(scd, clip)[0], scd.parameters),
     ):
-        with count_host_reads() as reads:
+
+        def backward_and_clip(run=run, parameters=parameters):
             run().backward()
             torch.nn.utils.clip_grad_norm_(list(parameters()), 1.0, foreach=True)
-        cuda_syncs = None
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                torch.cuda.set_sync_debug_mode("warn")
-                try:
-                    run().backward()
-                    torch.nn.utils.clip_grad_norm_(list(parameters()), 1.0, foreach=True)
-                finally:
-                    torch.cuda.set_sync_debug_mode("default")
-            cuda_syncs = sum("synchroniz" in str(w.message) for w in caught)
+
+        with count_host_reads() as reads:
+            backward_and_clip()
+        cuda_syncs = count_cuda_syncs(backward_and_clip, device)
         rows.append(
             {
                 "fast_path": "host_reads",
@@ -291,15 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="images per UNITE step (default: 16)")
     parser.add_argument("--context", type=int, default=64, help="context frames of the KV-cache rollouts (default: 64)")
     parser.add_argument("--rollout-steps", type=int, default=10, help="Euler steps per rolled-out frame (default: 10)")
-    parser.add_argument("--repeats", type=int, default=4, help="alternating rounds (default: 4)")
-    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    parser.add_argument("--device", default=default_device(), help="cpu or cuda")
-    parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/fast_paths.json, or fast_paths_<sections>.json for --only)")
+    out_help = "JSON output (default: bench/results/fast_paths.json, or fast_paths_<sections>.json for --only)"
+    add_run_arguments(parser, "fast_paths", repeats=4, out_help=out_help)
     args = parser.parse_args(argv)
 
-    set_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
+    device = start_run(args)
     started = time.perf_counter()
     measures = {
         "sdpa": measure_sdpa,
@@ -340,10 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         print_table(counted, [("setting", "host reads in", "s"), ("python_reads", "Python reads", "d"), ("cuda_syncs", "CUDA syncs", "d")])
     # A partial run writes its own file, so it never overwrites the full table.
     name = "fast_paths" if set(args.only) == set(DEFAULT_SECTIONS) else "fast_paths_" + "_".join(args.only)
-    write_result(
+    write_run(
         name,
+        command_line("fast_paths.py", argv),
+        started,
         {
-            "command": command_line("fast_paths.py", argv),
             "settings": {
                 "preset": args.preset,
                 "batch_size": args.batch_size,
@@ -352,9 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                 "device": str(device),
                 "repeats": args.repeats,
             },
-            "total_seconds": time.perf_counter() - started,
-            "rows": rows,
         },
+        {"rows": rows},
         args.out,
     )
     return 0

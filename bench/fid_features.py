@@ -20,11 +20,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from common import THREADS_HELP, alternate, command_line, default_device, median, print_table, set_threads, write_result
+from common import add_run_arguments, alternate, command_line, median, print_table, start_run, write_run
 from unisep.metrics.inception import InceptionFeatureExtractor
 from unisep.metrics.inception_net import FIDInceptionV3, state_dict_from_torchscript_port
 
@@ -47,14 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=16, help="images per extractor call (default: 16)")
     parser.add_argument("--image-size", type=int, default=256, help="input image side before the resize to 299 (default: 256)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating rounds (default: 3)")
-    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    parser.add_argument("--device", default=default_device(), help="cpu or cuda")
-    parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/fid_features.json)")
+    add_run_arguments(parser, "fid_features", repeats=3)
     args = parser.parse_args(argv)
 
-    set_threads(args.threads)
-    device = torch.device(args.device)
+    # No seed: the images are fixed crops and the weights come from the TorchScript port.
+    device = start_run(args, seed=None)
     started = time.perf_counter()
     images = photo_batch(args.batch_size, args.image_size).to(device)
 
@@ -100,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
             ("time_vs_torchscript", "time vs TorchScript", ".2f"),
         ],
     )
-    write_result(
+    write_run(
         "fid_features",
+        command_line("fid_features.py", argv),
+        started,
         {
-            "command": command_line("fid_features.py", argv),
             "settings": {
                 "batch_size": args.batch_size,
                 "input": f"uint8 {args.image_size} x {args.image_size} RGB, resized to 299 x 299 inside the extractor",
@@ -111,9 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                 "device": str(device),
                 "repeats": args.repeats,
             },
-            "total_seconds": time.perf_counter() - started,
-            "rows": rows,
         },
+        {"rows": rows},
         args.out,
     )
     return 0

@@ -29,23 +29,28 @@ import argparse
 import statistics
 import sys
 import time
-import warnings
-from pathlib import Path
 
 import torch
 
-from baselines import count_host_reads
-from common import alternate, cuda_peak_bytes, median, print_table, write_result
-from setups import adamw, autocast_context, build_unite, image_batch, rollout_frame_times, unite_optimizer, unite_train_step
+from baselines import count_cuda_syncs, count_host_reads
+from common import GIB, add_out_argument, alternate, cuda_peak, median, print_table, write_run
+from setups import (
+    SCD_GRADIENT_CLIP,
+    adamw,
+    autocast_context,
+    build_unite,
+    image_batch,
+    rollout_frame_times,
+    scd_and_causal_dit,
+    train_step,
+    unite_optimizer,
+    unite_train_step,
+)
 from unisep.callbacks.throughput import peak_bf16_flops
 from unisep.lightning_modules.causal_dit_loss import CausalDiTLoss
 from unisep.lightning_modules.scd_loss import SCDLoss
 from unisep.lightning_modules.video_rollout import causal_dit_rollout, scd_rollout
-from unisep.networks.causal_dit import CausalDiT
-from unisep.networks.scd import SCDNetwork
-from unisep.networks.scd_presets import matching_causal_dit, scd_preset
-
-GIB = 2**30
+from unisep.networks.scd_presets import scd_preset
 
 # Sizes of a real run and of the CPU dry run.
 FULL = {
@@ -87,8 +92,7 @@ def unite_train(sizes, device, dtypes, peak) -> list[dict]:
     times = alternate(steps, sizes["repeats"], device)
     rows = []
     for dtype, step in steps.items():
-        with cuda_peak_bytes(device) as peak_bytes:
-            step()
+        peak_gib = cuda_peak(step, device, GIB)
         seconds = median(times[dtype])
         images_per_sec = cfg["batch_size"] / seconds
         rows.append(
@@ -98,7 +102,7 @@ def unite_train(sizes, device, dtypes, peak) -> list[dict]:
                 "sec_per_step": seconds,
                 "rate": images_per_sec,
                 "unit": "images/s",
-                "peak_gib": None if peak_bytes[0] is None else peak_bytes[0] / GIB,
+                "peak_gib": peak_gib,
                 "mfu": mfu(images_per_sec * module.flops_per_sample, peak),
             }
         )
@@ -117,17 +121,7 @@ def host_sync(sizes, device, dtypes, peak) -> list[dict]:
             loss, _ = module.loss(module.network, batch, step=10_000)
         loss.backward()
     module.network.zero_grad(set_to_none=True)
-    syncs = None
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                step()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        syncs = sum("synchroniz" in str(w.message) for w in caught)
+    syncs = count_cuda_syncs(step, device)
     return [
         {
             "section": "host_sync",
@@ -141,16 +135,13 @@ def host_sync(sizes, device, dtypes, peak) -> list[dict]:
 def scd_train(sizes, device, dtypes, peak) -> list[dict]:
     cfg = sizes["scd"]
     size = scd_preset(cfg["preset"], **cfg["overrides"])
-    twin = matching_causal_dit(size)
     grid, channels, frames = cfg["grid"], 32, cfg["frames"]
     tokens_per_frame = grid[0] * grid[1]
     dtype = dtypes[-1]
-    networks = {
-        "SCD": SCDNetwork(size, channels, grid).to(device),
-        "causal DiT": CausalDiT(channels, grid, twin.width, twin.depth, twin.heads, twin.mlp_ratio).to(device),
-    }
-    networks["SCD"].set_gradient_checkpointing(True)
-    networks["causal DiT"].gradient_checkpointing = True
+    scd, causal_dit = scd_and_causal_dit(size, channels, grid, device)
+    networks = {"SCD": scd, "causal DiT": causal_dit}
+    scd.set_gradient_checkpointing(True)
+    causal_dit.gradient_checkpointing = True
     losses = {"SCD": SCDLoss(decoder_passes=2), "causal DiT": CausalDiTLoss()}
     batch = {"tokens": torch.randn(cfg["batch_size"], frames, tokens_per_frame, channels, device=device)}
     # Training FLOPs per clip: SCD runs the encoder over every token and each of its two
@@ -164,23 +155,15 @@ def scd_train(sizes, device, dtypes, peak) -> list[dict]:
     def make_step(name):
         network, loss_fn = networks[name], losses[name]
         optimizer = adamw(network.parameters(), "fused", lr=1e-4)
-
-        def run():
-            with autocast_context(device, dtype):
-                loss, _ = loss_fn(network, batch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0, foreach=True)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        return run
+        return train_step(
+            network, lambda: loss_fn(network, batch), optimizer, SCD_GRADIENT_CLIP, lambda: autocast_context(device, dtype)
+        )
 
     steps = {name: make_step(name) for name in networks}
     times = alternate(steps, max(1, sizes["repeats"] - 2), device)
     rows = []
     for name, step in steps.items():
-        with cuda_peak_bytes(device) as peak_bytes:
-            step()
+        peak_gib = cuda_peak(step, device, GIB)
         seconds = median(times[name])
         clips_per_sec = cfg["batch_size"] / seconds
         rows.append(
@@ -190,7 +173,7 @@ def scd_train(sizes, device, dtypes, peak) -> list[dict]:
                 "sec_per_step": seconds,
                 "rate": clips_per_sec * frames,
                 "unit": "frames/s",
-                "peak_gib": None if peak_bytes[0] is None else peak_bytes[0] / GIB,
+                "peak_gib": peak_gib,
                 "mfu": mfu(clips_per_sec * flops_per_clip[name], peak),
             }
         )
@@ -200,12 +183,12 @@ def scd_train(sizes, device, dtypes, peak) -> list[dict]:
 def scd_rollout_check(sizes, device, dtypes, peak) -> list[dict]:
     cfg, scd_cfg = sizes["rollout"], sizes["scd"]
     size = scd_preset(scd_cfg["preset"], **scd_cfg["overrides"])
-    twin = matching_causal_dit(size)
     grid, channels = scd_cfg["grid"], 32
     tokens_per_frame = grid[0] * grid[1]
     dtype = dtypes[-1]
-    scd = SCDNetwork(size, channels, grid).to(device).eval()
-    causal_dit = CausalDiT(channels, grid, twin.width, twin.depth, twin.heads, twin.mlp_ratio).to(device).eval()
+    scd, causal_dit = scd_and_causal_dit(size, channels, grid, device)
+    scd.eval()
+    causal_dit.eval()
     context = torch.randn(1, cfg["context"], tokens_per_frame, channels, device=device)
 
     steps = cfg["steps"]
@@ -273,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="run every section on the CPU at tiny sizes")
     parser.add_argument("--budget", type=float, default=390.0, help="seconds after which remaining sections are skipped (default: 390)")
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS), help="sections to run (default: all)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/gpu_check.json)")
+    add_out_argument(parser, "gpu_check")
     args = parser.parse_args(argv)
 
     if not args.dry_run and not torch.cuda.is_available():
@@ -320,17 +303,17 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         if row["section"] == "host_sync":
             print(f"host reads in the step: {row['python_reads']} Python reads, CUDA syncs: {row['cuda_syncs']}")
-    write_result(
+    write_run(
         "gpu_check",
+        " ".join(["bash", "bench/gpu_check.sh", *(["--dry-run"] if args.dry_run else [])]),
+        started,
         {
-            "command": " ".join(["bash", "bench/gpu_check.sh", *(["--dry-run"] if args.dry_run else [])]),
             "dry_run": args.dry_run,
             "peak_bf16_flops": peak,
             "sizes": {key: value for key, value in sizes.items() if key != "repeats"},
             "skipped": skipped,
-            "total_seconds": time.perf_counter() - started,
-            "rows": rows,
         },
+        {"rows": rows},
         args.out,
     )
     return 0

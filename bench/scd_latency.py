@@ -20,15 +20,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from common import THREADS_HELP, command_line, default_device, median, print_table, set_threads, synchronize, write_result
+from common import add_run_arguments, command_line, median, print_table, start_run, write_run
+from setups import rollout_frame_times, scd_and_causal_dit, scd_and_causal_dit_sizes
 from unisep.lightning_modules.video_rollout import causal_dit_rollout, scd_rollout
-from unisep.networks.causal_dit import CausalDiT
-from unisep.networks.scd import SCDNetwork
-from unisep.networks.scd_presets import SCDSize, matching_causal_dit
+from unisep.networks.scd_presets import SCDSize
 
 COLUMNS = (
     ("steps", "steps", "d"),
@@ -41,29 +39,18 @@ COLUMNS = (
 )
 
 
-def frame_times(rollout, network, context: torch.Tensor, frames: int, steps: int) -> list[float]:
-    """Return the wall time of each yielded frame; the first one counts from the call."""
-    device = context.device
-    synchronize(device)
-    stamps = [time.perf_counter()]
-    for _frame in rollout(network, context, frames, steps=steps, generator=torch.Generator().manual_seed(0)):
-        synchronize(device)
-        stamps.append(time.perf_counter())
-    return [later - earlier for earlier, later in zip(stamps, stamps[1:])]
-
-
 def measure_setting(
     models: dict[str, tuple], context: torch.Tensor, steps: int, frames: int, repeats: int
 ) -> dict[str, object]:
     """Alternate the models for `repeats` rounds after one untimed single-frame rollout each."""
     for rollout, network in models.values():
-        frame_times(rollout, network, context, 1, steps)
+        rollout_frame_times(rollout, network, context, 1, steps)
 
     first: dict[str, list[float]] = {name: [] for name in models}
     steady: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(repeats):
         for name, (rollout, network) in models.items():
-            times = frame_times(rollout, network, context, frames + 1, steps)
+            times = rollout_frame_times(rollout, network, context, frames + 1, steps)
             first[name].append(times[0])
             steady[name].append(median(times[1:]))
 
@@ -86,26 +73,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=[4, 10, 50], help="sampling steps per frame to sweep")
     parser.add_argument("--context", type=int, nargs="+", default=[16, 144], help="context frames to sweep")
     parser.add_argument("--frames", type=int, default=2, help="steady-state frames timed per rollout (default: 2)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating rounds per setting (default: 3)")
     parser.add_argument("--width", type=int, default=256, help="width of both models (default: 256)")
     parser.add_argument("--heads", type=int, default=4, help="attention heads (default: 4, 64 channels each)")
     parser.add_argument("--encoder-depth", type=int, default=8, help="SCD encoder blocks (default: 8, as SCD-M)")
     parser.add_argument("--decoder-depth", type=int, default=4, help="SCD decoder blocks (default: 4, as SCD-M)")
     parser.add_argument("--grid", type=int, nargs=2, default=[4, 4], help="token grid of one frame (default: 4 4)")
     parser.add_argument("--token-channels", type=int, default=32, help="channels per frame token (default: 32, as DC-AE)")
-    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    parser.add_argument("--device", default=default_device(), help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/scd_latency.json)")
+    add_run_arguments(parser, "scd_latency", repeats=3)
     args = parser.parse_args(argv)
 
-    set_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
+    device = start_run(args)
     size = SCDSize(width=args.width, heads=args.heads, encoder_depth=args.encoder_depth, decoder_depth=args.decoder_depth)
-    twin = matching_causal_dit(size)
     grid = (args.grid[0], args.grid[1])
-    scd = SCDNetwork(size, args.token_channels, grid).to(device).eval()
-    causal_dit = CausalDiT(args.token_channels, grid, twin.width, twin.depth, twin.heads, twin.mlp_ratio).to(device).eval()
+    scd, causal_dit = scd_and_causal_dit(size, args.token_channels, grid, device)
+    scd.eval()
+    causal_dit.eval()
     models = {"scd": (scd_rollout, scd), "causal_dit": (causal_dit_rollout, causal_dit)}
 
     started = time.perf_counter()
@@ -117,13 +99,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"measured steps={steps} context={context_frames} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     print_table(rows, COLUMNS)
 
-    write_result(
+    write_run(
         "scd_latency",
+        command_line("scd_latency.py", argv),
+        started,
         {
-            "command": command_line("scd_latency.py", argv),
             "settings": {
-                "scd": {"width": size.width, "heads": size.heads, "encoder_depth": size.encoder_depth, "decoder_depth": size.decoder_depth},
-                "causal_dit": {"width": twin.width, "heads": twin.heads, "depth": twin.depth},
+                **scd_and_causal_dit_sizes(size),
                 "tokens_per_frame": grid[0] * grid[1],
                 "token_channels": args.token_channels,
                 "batch_size": 1,
@@ -134,9 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                 "includes_pixel_decoding": False,
                 "device": str(device),
             },
-            "total_seconds": time.perf_counter() - started,
-            "rows": rows,
         },
+        {"rows": rows},
         args.out,
     )
     return 0

@@ -24,55 +24,28 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from common import (
-    THREADS_HELP,
-    alternate,
-    command_line,
-    cuda_peak_bytes,
-    default_device,
-    median,
-    print_table,
-    saved_activation_bytes,
-    set_threads,
-    write_result,
-)
-from setups import adamw, autocast_context
+from common import activation_mib, add_run_arguments, alternate, command_line, cuda_peak, median, print_table, start_run, write_run
+from setups import SCD_GRADIENT_CLIP, adamw, autocast_context, scd_and_causal_dit, scd_and_causal_dit_sizes, train_step
 from unisep.lightning_modules.causal_dit_loss import CausalDiTLoss
 from unisep.lightning_modules.ema import ExponentialMovingAverage
 from unisep.lightning_modules.scd_loss import SCDLoss
-from unisep.networks.causal_dit import CausalDiT
-from unisep.networks.scd import SCDNetwork
-from unisep.networks.scd_presets import matching_causal_dit, scd_preset
-
-GRADIENT_CLIP = 1.0  # the SCD recipe's clip norm
-MIB = 2**20
+from unisep.networks.scd_presets import scd_preset
 
 
-def train_step(network, loss_fn, batch, autocast):
-    """Return a closure running one training step of `network` with `loss_fn`."""
+def video_train_step(network, loss_fn, batch, autocast):
+    """Return closures of one training step of `network` with `loss_fn` and of its loss forward alone."""
     optimizer = adamw(network.parameters(), "fused" if next(network.parameters()).is_cuda else "foreach", lr=1e-4)
     ema = ExponentialMovingAverage(network, 0.9999)
-    network.train()
-
-    def run():
-        with autocast():
-            loss, _ = loss_fn(network, batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), GRADIENT_CLIP, foreach=True)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(network)
-        return loss.detach()
+    step = train_step(network, lambda: loss_fn(network, batch), optimizer, SCD_GRADIENT_CLIP, autocast, ema)
 
     def forward_only():
         loss, _ = loss_fn(network, batch)
         return loss
 
-    return run, forward_only
+    return step, forward_only
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,41 +57,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-channels", type=int, default=32, help="channels per frame token (default: 32)")
     parser.add_argument("--frames", type=int, default=16, help="frames per training clip (default: 16)")
     parser.add_argument("--batch-size", type=int, default=4, help="clips per step (default: 4)")
-    parser.add_argument("--repeats", type=int, default=4, help="alternating rounds (default: 4)")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast (CUDA only)")
-    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    parser.add_argument("--device", default=default_device(), help="cpu or cuda")
-    parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/scd_train.json)")
+    add_run_arguments(parser, "scd_train", repeats=4, dtype=True)
     args = parser.parse_args(argv)
 
-    set_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
+    device = start_run(args)
     started = time.perf_counter()
     overrides = {key: value for key, value in (("width", args.width), ("heads", args.heads)) if value}
     size = scd_preset(args.preset, **overrides)
-    twin = matching_causal_dit(size)
     grid = tuple(args.grid)
-    scd = SCDNetwork(size, args.token_channels, grid).to(device)
-    causal_dit = CausalDiT(args.token_channels, grid, twin.width, twin.depth, twin.heads, twin.mlp_ratio).to(device)
+    scd, causal_dit = scd_and_causal_dit(size, args.token_channels, grid, device)
     tokens = torch.randn(args.batch_size, args.frames, grid[0] * grid[1], args.token_channels, device=device)
     batch = {"tokens": tokens}
     autocast = lambda: autocast_context(device, args.dtype)  # noqa: E731
 
     steps = {
-        "scd": train_step(scd, SCDLoss(decoder_passes=2), batch, autocast),
-        "scd_1pass": train_step(scd, SCDLoss(decoder_passes=1), batch, autocast),
-        "causal_dit": train_step(causal_dit, CausalDiTLoss(), batch, autocast),
+        "scd": video_train_step(scd, SCDLoss(decoder_passes=2), batch, autocast),
+        "scd_1pass": video_train_step(scd, SCDLoss(decoder_passes=1), batch, autocast),
+        "causal_dit": video_train_step(causal_dit, CausalDiTLoss(), batch, autocast),
     }
     times = alternate({name: step for name, (step, _) in steps.items()}, args.repeats, device)
     rows = []
     frames = args.batch_size * args.frames
     for name, (step, forward_only) in steps.items():
-        with saved_activation_bytes() as saved:
-            loss = forward_only()
-        del loss
-        with cuda_peak_bytes(device) as peak:
-            step()
+        activation = activation_mib(forward_only)
+        peak = cuda_peak(step, device)
         seconds = median(times[name])
         network = causal_dit if name == "causal_dit" else scd
         rows.append(
@@ -127,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                 "parameters_m": sum(p.numel() for p in network.parameters()) / 1e6,
                 "sec_per_step": seconds,
                 "frames_per_sec": frames / seconds,
-                "activation_mib": saved[0] / MIB,
-                "peak_mib": None if peak[0] is None else peak[0] / MIB,
+                "activation_mib": activation,
+                "peak_mib": peak,
             }
         )
     dit_rate = next(row["frames_per_sec"] for row in rows if row["model"] == "causal_dit")
@@ -146,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
             ("peak_mib", "CUDA peak (MiB)", ".0f"),
         ],
     )
-    write_result(
+    write_run(
         "scd_train",
+        command_line("scd_train.py", argv),
+        started,
         {
-            "command": command_line("scd_train.py", argv),
             "settings": {
-                "scd": {"width": size.width, "heads": size.heads, "encoder_depth": size.encoder_depth, "decoder_depth": size.decoder_depth},
-                "causal_dit": {"width": twin.width, "heads": twin.heads, "depth": twin.depth},
+                **scd_and_causal_dit_sizes(size),
                 "grid": list(grid),
                 "token_channels": args.token_channels,
                 "frames": args.frames,
@@ -162,9 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                 "repeats": args.repeats,
                 "step": "loss forward + backward + clip_grad_norm + AdamW + EMA update",
             },
-            "total_seconds": time.perf_counter() - started,
-            "rows": rows,
         },
+        {"rows": rows},
         args.out,
     )
     return 0

@@ -1,4 +1,4 @@
-"""Models, batches and training steps that the UNITE and SCD benchmarks share.
+"""Models, batches, training steps and rollout timing that the UNITE and SCD benchmarks share.
 
 A training step here is the one Lightning runs: the module's loss object, one backward,
 gradient clipping, one optimizer step and the EMA update, with the optimizer that
@@ -17,11 +17,16 @@ import torch
 from torch import Tensor, nn
 
 from common import synchronize
+from unisep.lightning_modules.ema import ExponentialMovingAverage
 from unisep.lightning_modules.optim import build_optimizer
 from unisep.lightning_modules.unite import UNITE
+from unisep.networks.causal_dit import CausalDiT
 from unisep.networks.pixel import ImageModality
+from unisep.networks.scd import SCDNetwork
+from unisep.networks.scd_presets import SCDSize, matching_causal_dit
 
-GRADIENT_CLIP = 3.0  # the UNITE recipe's clip norm; the SCD recipe clips at 1.0
+GRADIENT_CLIP = 3.0  # the UNITE recipe's clip norm
+SCD_GRADIENT_CLIP = 1.0  # the SCD recipe's clip norm, also used for the causal DiT
 
 
 def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
@@ -54,6 +59,29 @@ def build_unite(
     return module.to(device)
 
 
+def scd_and_causal_dit(
+    size: SCDSize, token_channels: int, grid: tuple[int, int], device: torch.device
+) -> tuple[SCDNetwork, CausalDiT]:
+    """Build an SCD network of `size` and the causal DiT of equal total depth and width on `device`.
+
+    Both take frames of `grid` tokens with `token_channels` channels. The causal DiT's
+    size comes from `matching_causal_dit(size)`.
+    """
+    twin = matching_causal_dit(size)
+    scd = SCDNetwork(size, token_channels, grid).to(device)
+    causal_dit = CausalDiT(token_channels, grid, twin.width, twin.depth, twin.heads, twin.mlp_ratio).to(device)
+    return scd, causal_dit
+
+
+def scd_and_causal_dit_sizes(size: SCDSize) -> dict[str, dict[str, int]]:
+    """Describe the sizes of the pair that `scd_and_causal_dit(size, ...)` builds, for a JSON record."""
+    twin = matching_causal_dit(size)
+    return {
+        "scd": {"width": size.width, "heads": size.heads, "encoder_depth": size.encoder_depth, "decoder_depth": size.decoder_depth},
+        "causal_dit": {"width": twin.width, "heads": twin.heads, "depth": twin.depth},
+    }
+
+
 def image_batch(batch_size: int, image_size: int, num_classes: int, device: torch.device, seed: int = 0) -> dict[str, Tensor]:
     """Return a batch of random RGB images in [-1, 1] with random labels."""
     generator = torch.Generator().manual_seed(seed)
@@ -76,6 +104,43 @@ def adamw(params, implementation: str, **options: Any) -> torch.optim.AdamW:
     return torch.optim.AdamW(list(params), **options, **flags[implementation])
 
 
+def train_step(
+    network: nn.Module,
+    loss_fn: Callable[[], tuple[Tensor, Any]],
+    optimizer: torch.optim.Optimizer,
+    clip_norm: float,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ema: ExponentialMovingAverage | None = None,
+) -> Callable[[], Tensor]:
+    """Return a closure that runs one full training step and returns the detached loss.
+
+    The step is the loss forward under `autocast()`, one backward, gradient clipping
+    at `clip_norm`, the optimizer step and, when `ema` is given, the EMA update.
+
+    Args:
+        network: the trained network, which is put in training mode.
+        loss_fn: computes `(loss, terms)` on the benchmark's batch.
+        optimizer: optimizer over `network`'s parameters.
+        clip_norm: maximum gradient norm.
+        autocast: returns the autocast context of the forward.
+        ema: EMA copy of `network` to update after each step, or None.
+    """
+    network.train()
+
+    def run() -> Tensor:
+        with autocast():
+            loss, _ = loss_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), clip_norm, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(network)
+        return loss.detach()
+
+    return run
+
+
 def unite_train_step(
     module: UNITE,
     optimizer: torch.optim.Optimizer,
@@ -88,19 +153,9 @@ def unite_train_step(
     `step` is past any flow-weight warm-up, so the flow term is always on.
     """
     network = module.network
-    network.train()
-
-    def run() -> Tensor:
-        with autocast():
-            loss, _ = module.loss(network, batch, step=step)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(network.parameters(), GRADIENT_CLIP, foreach=True)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        module.ema.update(network)
-        return loss.detach()
-
-    return run
+    return train_step(
+        network, lambda: module.loss(network, batch, step=step), optimizer, GRADIENT_CLIP, autocast, module.ema
+    )
 
 
 def unite_loss_forward(module: UNITE, batch: dict[str, Tensor], step: int = 10_000) -> Callable[[], Tensor]:

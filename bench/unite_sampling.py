@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from common import THREADS_HELP, alternate, command_line, default_device, median, print_table, set_threads, write_result
+from common import add_run_arguments, alternate, command_line, median, print_table, start_run, write_run
 from setups import build_unite, randomize_zero_layers
 
 
@@ -50,15 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8, help="images per generate call (default: 8)")
     parser.add_argument("--steps", type=int, default=50, help="steps of Euler and Heun (default: 50)")
     parser.add_argument("--guidance", type=float, default=2.0, help="guidance scale of the guided rows (default: 2.0)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating rounds (default: 3)")
-    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    parser.add_argument("--device", default=default_device(), help="cpu or cuda")
-    parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/unite_sampling.json)")
+    add_run_arguments(parser, "unite_sampling", repeats=3)
     args = parser.parse_args(argv)
 
-    set_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
+    device = start_run(args)
     started = time.perf_counter()
     module = build_unite(args.preset, args.image_size, args.patch_size, device).eval()
     randomize_zero_layers(module.network)
@@ -110,10 +104,11 @@ def main(argv: list[str] | None = None) -> int:
             ("time_vs_euler", "time vs Euler", ".2f"),
         ],
     )
-    write_result(
+    write_run(
         "unite_sampling",
+        command_line("unite_sampling.py", argv),
+        started,
         {
-            "command": command_line("unite_sampling.py", argv),
             "settings": {
                 "preset": args.preset,
                 "image_size": args.image_size,
@@ -125,9 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                 "device": str(device),
                 "repeats": args.repeats,
             },
-            "total_seconds": time.perf_counter() - started,
-            "rows": rows,
         },
+        {"rows": rows},
         args.out,
     )
     return 0

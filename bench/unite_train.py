@@ -25,36 +25,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from common import (
-    THREADS_HELP,
-    alternate,
-    command_line,
-    cuda_peak_bytes,
-    default_device,
-    median,
-    print_table,
-    saved_activation_bytes,
-    set_threads,
-    write_result,
-)
+from common import activation_mib, add_run_arguments, alternate, command_line, cuda_peak, median, print_table, start_run, write_run
 from setups import autocast_context, build_unite, image_batch, unite_loss_forward, unite_optimizer, unite_train_step
-
-MIB = 2**20
 
 
 def memory_of(module, batch, step_fn, device) -> tuple[float, float | None]:
     """Return (activation MiB, CUDA peak MiB or None) of one step of `module`."""
-    with saved_activation_bytes() as saved:
-        loss = unite_loss_forward(module, batch)()
-    del loss
+    activation = activation_mib(unite_loss_forward(module, batch))
     module.network.zero_grad(set_to_none=True)
-    with cuda_peak_bytes(device) as peak:
-        step_fn()
-    return saved[0] / MIB, None if peak[0] is None else peak[0] / MIB
+    return activation, cuda_peak(step_fn, device)
 
 
 def configure_passes(module, passes: int, batched: bool) -> None:
@@ -71,16 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="images per step (default: 16)")
     parser.add_argument("--passes", type=int, nargs="+", default=[1, 3, 7, 14], help="N values to sweep")
     parser.add_argument("--default-passes", type=int, default=3, help="N of the weights comparison (default: 3)")
-    parser.add_argument("--repeats", type=int, default=4, help="alternating rounds (default: 4)")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast (CUDA only)")
-    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
-    parser.add_argument("--device", default=default_device(), help="cpu or cuda")
-    parser.add_argument("--out", type=Path, default=None, help="JSON output (default: bench/results/unite_train.json)")
+    add_run_arguments(parser, "unite_train", repeats=4, dtype=True)
     args = parser.parse_args(argv)
 
-    set_threads(args.threads)
-    device = torch.device(args.device)
-    torch.manual_seed(0)
+    device = start_run(args)
     started = time.perf_counter()
     autocast = lambda: autocast_context(device, args.dtype)  # noqa: E731
     options = dict(denoising_passes=args.default_passes, ema_decay=0.999)
@@ -175,10 +151,11 @@ def main(argv: list[str] | None = None) -> int:
             ("peak_mib", "CUDA peak (MiB)", ".0f"),
         ],
     )
-    write_result(
+    write_run(
         "unite_train",
+        command_line("unite_train.py", argv),
+        started,
         {
-            "command": command_line("unite_train.py", argv),
             "settings": {
                 "preset": args.preset,
                 "image_size": args.image_size,
@@ -189,10 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                 "repeats": args.repeats,
                 "step": "loss forward + backward + clip_grad_norm + AdamW + EMA update",
             },
-            "total_seconds": time.perf_counter() - started,
-            "weights": weight_rows,
-            "passes": pass_rows,
         },
+        {"weights": weight_rows, "passes": pass_rows},
         args.out,
     )
     return 0

@@ -8,6 +8,7 @@ wanted. Fixed-step solvers need no host sync.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 
 from torch import Tensor
@@ -27,10 +28,23 @@ class SolverName(str, Enum):
     DOPRI5 = "dopri5"
 
 
-def _grid_for(
-    x0: Tensor, steps: int, shift: float, t_start: float, t_end: float
+def _integrate_on_grid(
+    step_fn: Callable[[int, Tensor, Tensor, Tensor, Tensor], Tensor],
+    x0: Tensor,
+    steps: int,
+    shift: float,
+    t_start: float,
+    t_end: float,
+    callback: StepCallback | None,
 ) -> Tensor:
-    return sampling_grid(
+    """Apply one solver step per interval of a :func:`sampling_grid`, from ``t_start`` to ``t_end``.
+
+    ``step_fn(i, x, t, t_next, dt)`` maps the state x (batch, ...) at time t to the
+    state at ``t_next``. Both times are (batch,) tensors and dt is the 0-d step size.
+    The optional ``callback(i, t_next, x)`` receives the state after each step.
+    """
+    check_initial_state(x0)
+    grid = sampling_grid(
         steps,
         shift=shift,
         t_start=t_start,
@@ -38,6 +52,15 @@ def _grid_for(
         device=x0.device,
         dtype=time_dtype(x0),
     )
+    batch = x0.shape[0]
+
+    x = x0
+    for i in range(steps):
+        t, t_next = grid[i].expand(batch), grid[i + 1].expand(batch)
+        x = step_fn(i, x, t, t_next, grid[i + 1] - grid[i])
+        if callback is not None:
+            callback(i, t_next, x)
+    return x
 
 
 def euler(
@@ -71,17 +94,11 @@ def euler(
         ValueError: on a bad ``x0``, ``steps``, interval or shift, or a velocity of the
             wrong shape.
     """
-    check_initial_state(x0)
-    grid = _grid_for(x0, steps, shift, t_start, t_end)
-    batch = x0.shape[0]
 
-    x = x0
-    for i in range(steps):
-        dt = grid[i + 1] - grid[i]
-        x = x + dt * evaluate_velocity(velocity_fn, x, grid[i].expand(batch))
-        if callback is not None:
-            callback(i, grid[i + 1].expand(batch), x)
-    return x
+    def euler_step(i: int, x: Tensor, t: Tensor, t_next: Tensor, dt: Tensor) -> Tensor:
+        return x + dt * evaluate_velocity(velocity_fn, x, t)
+
+    return _integrate_on_grid(euler_step, x0, steps, shift, t_start, t_end, callback)
 
 
 def heun(
@@ -121,26 +138,16 @@ def heun(
         ValueError: on a bad ``x0``, ``steps``, interval or shift, or a velocity of the
             wrong shape.
     """
-    check_initial_state(x0)
-    grid = _grid_for(x0, steps, shift, t_start, t_end)
-    batch = x0.shape[0]
 
-    x = x0
-    for i in range(steps):
-        t, t_next = grid[i].expand(batch), grid[i + 1].expand(batch)
-        dt = grid[i + 1] - grid[i]
-
+    def heun_step(i: int, x: Tensor, t: Tensor, t_next: Tensor, dt: Tensor) -> Tensor:
         v = evaluate_velocity(velocity_fn, x, t)
         x_predicted = x + dt * v
         if euler_last_step and i == steps - 1:
-            x = x_predicted
-        else:
-            v_next = evaluate_velocity(velocity_fn, x_predicted, t_next)
-            x = x + (0.5 * dt) * (v + v_next)
+            return x_predicted
+        v_next = evaluate_velocity(velocity_fn, x_predicted, t_next)
+        return x + (0.5 * dt) * (v + v_next)
 
-        if callback is not None:
-            callback(i, t_next, x)
-    return x
+    return _integrate_on_grid(heun_step, x0, steps, shift, t_start, t_end, callback)
 
 
 def _parse_solver_name(solver: SolverName | str) -> SolverName:

@@ -68,21 +68,7 @@ class CausalDiTModule(FrameCausalVideoModule):
         sample_shift: float = 1.0,
         guidance_scale: float = 1.0,
     ):
-        super().__init__(
-            tokenizer,
-            lr=lr,
-            betas=betas,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            min_lr_ratio=min_lr_ratio,
-            total_steps=total_steps,
-            ema_decay=ema_decay,
-            ema_warmup=ema_warmup,
-            sample_steps=sample_steps,
-            sample_solver=sample_solver,
-            sample_shift=sample_shift,
-            guidance_scale=guidance_scale,
-        )
+        super().__init__(tokenizer)
         self.save_hyperparameters(ignore=["tokenizer"])
         self.hparams["tokenizer"] = self.tokenizer.config()
 

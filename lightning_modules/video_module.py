@@ -26,34 +26,22 @@ from unisep.networks.frame_tokenizer import FrameTokenizer, tokenizer_from_confi
 class FrameCausalVideoModule(LightningModule):
     """Base LightningModule; subclasses set `network`, `loss` and implement the hooks below.
 
+    Subclasses call `save_hyperparameters` in their own constructor. `configure_optimizers`
+    and `generate` read these hyperparameters from it:
+
+    - lr: base learning rate after warm-up.
+    - betas, weight_decay: AdamW settings.
+    - warmup_steps: linear learning-rate warm-up, in optimizer steps.
+    - min_lr_ratio: final learning rate as a share of `lr`, reached by a cosine decay
+      at `total_steps`. A ratio of 1.0 keeps the rate constant after warm-up.
+    - total_steps: length of the decay; None uses the trainer's estimate.
+    - sample_steps, sample_solver, sample_shift, guidance_scale: defaults of `generate`.
+
     Args:
         tokenizer: frozen frame tokenizer, or its `config()` dict (from a checkpoint).
-        lr: base learning rate after warm-up.
-        betas, weight_decay: AdamW settings.
-        warmup_steps: linear learning-rate warm-up, in optimizer steps.
-        min_lr_ratio: final learning rate as a share of `lr`, reached by a cosine decay
-            at `total_steps`; 1.0 keeps the rate constant after warm-up.
-        total_steps: length of the decay; None uses the trainer's estimate.
-        ema_decay, ema_warmup: EMA settings (see `ExponentialMovingAverage`).
-        sample_steps, sample_solver, sample_shift, guidance_scale: defaults of `generate`.
     """
 
-    def __init__(
-        self,
-        tokenizer: FrameTokenizer | dict[str, Any],
-        lr: float,
-        betas: tuple[float, float],
-        weight_decay: float,
-        warmup_steps: int,
-        min_lr_ratio: float,
-        total_steps: int | None,
-        ema_decay: float,
-        ema_warmup: bool,
-        sample_steps: int,
-        sample_solver: str,
-        sample_shift: float,
-        guidance_scale: float,
-    ):
+    def __init__(self, tokenizer: FrameTokenizer | dict[str, Any]):
         super().__init__()
         self.tokenizer = tokenizer_from_config(tokenizer)
         self.tokenizer.requires_grad_(False)

@@ -15,7 +15,7 @@ training-time masks. It is slow and exists to check the cached path against.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -47,10 +47,31 @@ def _check_rollout_inputs(context: Tensor, num_frames: int, actions: Tensor | No
             )
 
 
-def _noise_like(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise on `like`'s device, drawn on the generator's device."""
-    device = generator.device if generator is not None else like.device
-    return torch.randn(shape, device=device, dtype=like.dtype, generator=generator).to(like.device)
+def _sample_frame(
+    velocity: Callable[[Tensor, Tensor], Tensor],
+    context: Tensor,
+    solver: str,
+    steps: int,
+    shift: float,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Solve the flow ODE of one new frame from fresh noise.
+
+    Args:
+        velocity: `velocity(x, t)` of the frame, x (batch, N, C) and t (batch,).
+        context: (batch, C, N, channels) context tokens. The noise takes the shape of
+            one of its frames, its dtype and its device.
+        solver, steps, shift: options of `unisep.flow.solve`.
+        generator: random generator of the noise. The noise is drawn on its device, so
+            a CPU generator also seeds GPU rollouts.
+
+    Returns:
+        (batch, N, channels) tokens of the new frame.
+    """
+    device = generator.device if generator is not None else context.device
+    shape = context[:, 0].shape
+    noise = torch.randn(shape, device=device, dtype=context.dtype, generator=generator).to(context.device)
+    return solve(velocity, noise, solver, steps=steps, shift=shift)
 
 
 @torch.no_grad()
@@ -127,8 +148,7 @@ def scd_rollout(
                 output = apply_guidance(cond, uncond, guidance_scale, t, FULL_GUIDANCE_INTERVAL)
             return output_to_velocity(output, x, t, prediction)
 
-        noise = _noise_like(context[:, 0].shape, context, generator)
-        frame = solve(velocity, noise, solver, steps=steps, shift=shift)
+        frame = _sample_frame(velocity, context, solver, steps, shift, generator)
         yield frame
 
         if not use_cache:
@@ -211,8 +231,7 @@ def causal_dit_rollout(
                 v = apply_guidance(cond, uncond, guidance_scale, t, FULL_GUIDANCE_INTERVAL)
             return output_to_velocity(v, x, t, prediction)
 
-        noise = _noise_like(context[:, 0].shape, context, generator)
-        frame = solve(velocity, noise, solver, steps=steps, shift=shift)
+        frame = _sample_frame(velocity, context, solver, steps, shift, generator)
         yield frame
 
         if not use_cache:

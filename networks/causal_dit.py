@@ -11,29 +11,20 @@ its deep part once per frame.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch import Tensor
 
-from unisep.networks.dit_block import DiTBlock, FinalLayer
-from unisep.networks.frame_block import frame_block_forward, frame_causal_mask, frame_final_layer
-from unisep.networks.frame_conditioning import FrameConditioning
+from unisep.networks.dit_block import FinalLayer
+from unisep.networks.frame_block import frame_final_layer
+from unisep.networks.frame_causal_transformer import FrameCausalTransformer
 from unisep.networks.kv_cache import KVCache
-from unisep.networks.video_rope import VideoRotary
 from unisep.networks.weights import init_dit_weights
 
 
-class CausalDiT(nn.Module):
+class CausalDiT(FrameCausalTransformer):
     """Frame-causal velocity predictor over the tokens of all frames.
 
-    Args:
-        token_channels: channels C of one frame token.
-        grid: (rows, columns) layout of the N tokens of a frame.
-        width, depth, heads: transformer size.
-        mlp_ratio: MLP width as a multiple of `width`.
-        num_actions: action classes (0 for none).
-        action_dropout: probability of the null action in training.
-        qk_norm: RMSNorm on queries and keys.
+    The constructor arguments are those of `FrameCausalTransformer`. The output layer
+    is an adaLN-conditioned `FinalLayer` per frame.
     """
 
     def __init__(
@@ -48,44 +39,14 @@ class CausalDiT(nn.Module):
         action_dropout: float = 0.1,
         qk_norm: bool = True,
     ):
-        super().__init__()
-        self.token_channels = token_channels
-        self.width = width
-        self.heads = heads
-        self.gradient_checkpointing = False
-
-        self.token_in = nn.Linear(token_channels, width)
-        self.conditioning = FrameConditioning(width, num_actions, action_dropout)
-        self.rope = VideoRotary(width // heads, grid)
-        self.blocks = nn.ModuleList(
-            [DiTBlock(width, heads, mlp_ratio=mlp_ratio, qk_norm=qk_norm) for _ in range(depth)]
-        )
+        super().__init__(token_channels, grid, width, depth, heads, mlp_ratio, num_actions, action_dropout, qk_norm)
         self.final_layer = FinalLayer(width, token_channels)
         init_dit_weights(self)
-
-    @property
-    def tokens_per_frame(self) -> int:
-        """Tokens N of one frame."""
-        return self.rope.tokens_per_frame
 
     @property
     def num_actions(self) -> int:
         """Action classes of the conditioning (0 for an unconditional model)."""
         return self.conditioning.num_actions
-
-    def new_cache(self, batch: int, max_frames: int, dtype: torch.dtype | None = None) -> KVCache:
-        """Allocate an empty cache for a rollout of at most `max_frames` frames."""
-        parameter = self.token_in.weight
-        return KVCache(
-            num_layers=len(self.blocks),
-            batch=batch,
-            heads=self.heads,
-            head_dim=self.width // self.heads,
-            tokens_per_frame=self.tokens_per_frame,
-            max_frames=max_frames,
-            device=parameter.device,
-            dtype=dtype or parameter.dtype,
-        )
 
     def forward(
         self,
@@ -112,28 +73,10 @@ class CausalDiT(nn.Module):
         Returns:
             (batch, frames, N, C) velocity `x1 - noise` of each frame.
         """
-        batch, frames, num_tokens, channels = x_t.shape
-        if (num_tokens, channels) != (self.tokens_per_frame, self.token_channels):
-            raise ValueError(
-                f"expected frame tokens (batch, frames, {self.tokens_per_frame}, {self.token_channels}),"
-                f" got {tuple(x_t.shape)}; check the frame tokenizer against the model's grid and token_channels"
-            )
         if commit and cache is None:
             raise ValueError("commit=True needs a cache")
-        c = self.conditioning(t, actions)
-
-        start = cache.num_frames if cache is not None else 0
-        rope = self.rope(start, frames)
-        mask = None if cache is not None and frames == 1 else frame_causal_mask(
-            frames, num_tokens, start, x_t.device
-        )
-
-        x = self.token_in(x_t.flatten(1, 2))
-        for index, block in enumerate(self.blocks):
-            if self.gradient_checkpointing and torch.is_grad_enabled() and cache is None:
-                x = checkpoint(frame_block_forward, block, x, c, rope, mask, use_reentrant=False)
-            else:
-                x = frame_block_forward(block, x, c, rope, mask, cache, index)
+        _, frames, num_tokens, _ = x_t.shape
+        x, c = self.run_blocks(x_t, t, actions, cache)
         if commit:
             cache.commit(frames * num_tokens)
         return frame_final_layer(self.final_layer, x, c).unflatten(1, (frames, num_tokens))

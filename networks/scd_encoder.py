@@ -9,29 +9,18 @@ frame on that frame's tokens, which attend to a `KVCache` of the earlier frames.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from unisep.networks.dit_block import DiTBlock
-from unisep.networks.frame_block import frame_block_forward, frame_causal_mask
-from unisep.networks.frame_conditioning import FrameConditioning
+from unisep.networks.frame_causal_transformer import FrameCausalTransformer
 from unisep.networks.kv_cache import KVCache
-from unisep.networks.video_rope import VideoRotary
 from unisep.networks.weights import init_dit_weights
 
 
-class CausalEncoder(nn.Module):
+class CausalEncoder(FrameCausalTransformer):
     """Frame-causal transformer from frame tokens to context tokens.
 
-    Args:
-        token_channels: channels C of one frame token (from the frame tokenizer).
-        grid: (rows, columns) layout of the N = rows * columns tokens of a frame.
-        width, depth, heads: transformer size.
-        mlp_ratio: MLP width as a multiple of `width` (SwiGLU uses 2/3 of it).
-        num_actions: action classes (0 for none); see `FrameConditioning`.
-        action_dropout: probability of the null action in training.
-        qk_norm: RMSNorm on queries and keys.
+    The constructor arguments are those of `FrameCausalTransformer`. The output is
+    the block output under an RMSNorm without gain, so context tokens have unit RMS.
     """
 
     def __init__(
@@ -46,42 +35,12 @@ class CausalEncoder(nn.Module):
         action_dropout: float = 0.1,
         qk_norm: bool = True,
     ):
-        super().__init__()
-        self.token_channels = token_channels
-        self.width = width
-        self.heads = heads
-        self.gradient_checkpointing = False
-
-        self.token_in = nn.Linear(token_channels, width)
-        self.conditioning = FrameConditioning(width, num_actions, action_dropout)
-        self.rope = VideoRotary(width // heads, grid)
-        self.blocks = nn.ModuleList(
-            [DiTBlock(width, heads, mlp_ratio=mlp_ratio, qk_norm=qk_norm) for _ in range(depth)]
-        )
+        super().__init__(token_channels, grid, width, depth, heads, mlp_ratio, num_actions, action_dropout, qk_norm)
         # The blocks end in an RMSNorm with a learnable gain. A final norm without a gain
         # fixes the context tokens at unit RMS, so the context noise added in training
         # (std 0.05) keeps one meaning however the gains drift.
         self.out_norm = nn.RMSNorm(width, eps=1e-6, elementwise_affine=False)
         init_dit_weights(self)
-
-    @property
-    def tokens_per_frame(self) -> int:
-        """Tokens N of one frame."""
-        return self.rope.tokens_per_frame
-
-    def new_cache(self, batch: int, max_frames: int, dtype: torch.dtype | None = None) -> KVCache:
-        """Allocate an empty cache for a rollout of at most `max_frames` frames."""
-        parameter = self.token_in.weight
-        return KVCache(
-            num_layers=len(self.blocks),
-            batch=batch,
-            heads=self.heads,
-            head_dim=self.width // self.heads,
-            tokens_per_frame=self.tokens_per_frame,
-            max_frames=max_frames,
-            device=parameter.device,
-            dtype=dtype or parameter.dtype,
-        )
 
     def forward(
         self,
@@ -106,29 +65,10 @@ class CausalEncoder(nn.Module):
         Returns:
             (batch, frames, N, width) context tokens at unit RMS.
         """
-        batch, frames, num_tokens, channels = tokens.shape
-        if (num_tokens, channels) != (self.tokens_per_frame, self.token_channels):
-            raise ValueError(
-                f"expected frame tokens (batch, frames, {self.tokens_per_frame}, {self.token_channels}),"
-                f" got {tuple(tokens.shape)}; check the frame tokenizer against the model's grid and token_channels"
-            )
+        batch, frames, num_tokens, _ = tokens.shape
         if t is None:
             t = tokens.new_ones(batch, frames)
-        c = self.conditioning(t, actions)
-
-        start = cache.num_frames if cache is not None else 0
-        rope = self.rope(start, frames)
-        # A single new frame attends to every cached key and to its own frame: no mask.
-        mask = None if cache is not None and frames == 1 else frame_causal_mask(
-            frames, num_tokens, start, tokens.device
-        )
-
-        x = self.token_in(tokens.flatten(1, 2))
-        for index, block in enumerate(self.blocks):
-            if self.gradient_checkpointing and torch.is_grad_enabled() and cache is None:
-                x = checkpoint(frame_block_forward, block, x, c, rope, mask, use_reentrant=False)
-            else:
-                x = frame_block_forward(block, x, c, rope, mask, cache, index)
+        x, _ = self.run_blocks(tokens, t, actions, cache)
         if cache is not None:
             cache.commit(frames * num_tokens)
         return self.out_norm(x).unflatten(1, (frames, num_tokens))
