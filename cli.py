@@ -33,6 +33,8 @@ class UnisepCLI(LightningCLI):
       when the config names none;
     - `AtomicCheckpointIO`, so a kill during a checkpoint write never damages the
       previous checkpoint, unless the config names another `CheckpointIO`;
+    - under `precision: bf16-mixed`, gradient clipping that works with the fused AdamW
+      kernel (`unisep.training.precision.BF16MixedPrecision`);
     - under SLURM, the logger version `slurm-<job id>` (when the config leaves it
       unset) and `default_root_dir` in that run folder, so a requeued job logs, and
       Lightning writes its requeue checkpoint, into the same folder;
@@ -86,6 +88,7 @@ class UnisepCLI(LightningCLI):
                 _insert_before_checkpointing(trainer, callback_type())
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        _allow_clipping_under_bf16(trainer)
         return trainer
 
     def fit(self, model, datamodule=None, ckpt_path=None, **kwargs: Any) -> None:
@@ -111,6 +114,24 @@ class UnisepCLI(LightningCLI):
                     )
                 ckpt_path = str(found.path)
         self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
+
+
+def _allow_clipping_under_bf16(trainer) -> None:
+    """Swap Lightning's `bf16-mixed` plugin for one that clips gradients of fused optimizers.
+
+    The modules pick the fused AdamW kernel where it exists. Lightning 2.6 refuses to
+    clip gradients of such optimizers under any mixed precision, because with fp16 they
+    are still multiplied by the GradScaler's scale when clipping runs. bf16 uses no
+    scaler, so clipping is correct; `BF16MixedPrecision` is the same autocast without
+    the refusal. Plugins given in the config (FSDP's among them) are left alone.
+    """
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from unisep.training.precision import BF16MixedPrecision
+
+    plugin = trainer.strategy.precision_plugin
+    if type(plugin) is MixedPrecision and plugin.precision == "bf16-mixed":
+        trainer.strategy.precision_plugin = BF16MixedPrecision(device=plugin.device)
 
 
 def _logger_configs(trainer_config) -> list:

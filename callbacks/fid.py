@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from tqdm.auto import tqdm
 
 from unisep.callbacks.metrics_file import update_metrics_json
+from unisep.callbacks.torch_threads import evaluation_threads
 from unisep.metrics.feature_statistics import FeatureStatistics, load_statistics
 from unisep.metrics.fid import FIDMetric
 from unisep.metrics.fid_images import images_to_uint8
@@ -192,7 +193,8 @@ class _FIDCallback(Callback):
         metric = self.metric.to(pl_module.device)
         start = time.perf_counter()
         try:
-            value, protocol = self._score(trainer, pl_module, metric)
+            with evaluation_threads(trainer, pl_module.device):
+                value, protocol = self._score(trainer, pl_module, metric)
         finally:
             # Free accelerator memory for training; the states are reset before the next use.
             self.metric.to("cpu")
@@ -298,7 +300,8 @@ class GenerationFID(_FIDCallback):
         """Load or compute the reference statistics, so a data problem shows before training."""
         metric = self.metric.to(pl_module.device)
         try:
-            self.reference = self._load_reference(trainer, pl_module, metric)
+            with evaluation_threads(trainer, pl_module.device):
+                self.reference = self._load_reference(trainer, pl_module, metric)
         finally:
             self.metric.to("cpu")
 

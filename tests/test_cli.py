@@ -98,3 +98,30 @@ def test_demo_fit_writes_run_folder(tmp_path, capsys):
     sampled = np.load(out)
     assert sampled["images"].shape == (20, 16, 16, 1)
     assert out.with_suffix(".png").is_file()
+
+
+def test_bf16_mixed_fit_clips_fused_adamw(tmp_path):
+    """The GPU recipes set bf16-mixed, gradient clipping and the fused AdamW kernel.
+
+    Lightning 2.6 alone raises at the first clip ("Are you using a 'fused' optimizer?");
+    the CLI swaps in a plugin that clips. Run here on the CPU with bf16 autocast.
+    """
+    config = yaml.safe_load((REPO / "configs/demo/unite_digits.yaml").read_text())
+    trainer = config["trainer"]
+    trainer.update(max_steps=2, precision="bf16-mixed", gradient_clip_val=0.5, check_val_every_n_epoch=100)
+    trainer["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")
+    trainer["callbacks"] = [c for c in trainer["callbacks"] if c["class_path"].endswith("TorchThreads")]
+    trainer["enable_checkpointing"] = False
+    config["data"]["init_args"].update(demo_root=str(tmp_path / "data"), batches_per_epoch=2, batch_size=8)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    from unisep.cli import UnisepCLI
+    from unisep.lightning_modules.optim import adamw_kernel
+    from unisep.training.precision import BF16MixedPrecision
+
+    cli = UnisepCLI(args=["fit", "--config", str(path)])
+
+    assert type(cli.trainer.precision_plugin) is BF16MixedPrecision
+    assert cli.trainer.global_step == 2
+    assert adamw_kernel(cli.model.parameters()) == {"fused": True}

@@ -22,23 +22,29 @@ def tiny_unite(**kwargs) -> UNITE:
 
 
 @pytest.mark.slow
-# NOTE: at batch 16 the tokenizer's latent collapses (batch std ~1e-5 by step 60) even
-# with the flow weight still 0, while the batch-64 digits demo separates its latents by
-# step 75. Known failure until the small-batch dynamics are fixed; not strict so CI
-# reports it as xfail/xpass instead of hiding it.
-@pytest.mark.xfail(reason="latent collapse at batch 16 (see NOTE above)", strict=False)
 def test_tiny_unite_overfits_one_batch():
-    model = tiny_unite(flow_weight_warmup_steps=100)
+    """Both passes train together on 16 real digits until the reconstruction is sharp.
+
+    As in the digits demo, the learning rate warms up (50 steps here) and the flow
+    weight ramps in (100 steps). Without the learning-rate warm-up the latent collapses
+    at this batch size: its batch std falls to about 1e-5 by step 60 and the L1 stalls
+    near 0.35. One denoising pass per step keeps the test at about 35 s on one core;
+    the demo trains the default N = 3.
+    """
+    model = tiny_unite(flow_weight_warmup_steps=100, denoising_passes=1)
     batch = real_digits(16)
     optimizer = torch.optim.AdamW(model.network.parameters(), lr=2e-3)
-    for step in range(150):
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 50))
+    for step in range(300):
         loss, terms = model.loss(model.network, batch, step)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    # From about 1.35 at initialisation; a collapsed latent stalls near 0.35.
-    assert float(terms["recon/l1"]) < 0.25
+        warmup.step()
+    # From about 1.35 at initialisation; measured 0.164 at step 300.
+    assert float(terms["recon/l1"]) < 0.22
     assert float(terms["latent/batch_std"]) > 0.05
+    assert float(terms["flow"]) < 1.0
 
 
 def test_generate_shapes_and_range():
