@@ -7,7 +7,8 @@ around the shared Generative Encoder, and reads the fields of its batches:
 - a *decoder* that maps the K latent tokens back to data.
 
 Its reconstruction loss lives with the training code (`lightning_modules/losses_*.py`)
-and is chosen by the modality's `name`.
+and is chosen by the modality's `name`. A new modality registers its loss under that
+name with `unisep.lightning_modules.reconstruction_losses.register_reconstruction_loss`.
 
 Images (`ImageModality`) and molecules (`MoleculeModality`) implement it; a new
 modality implements the abstract methods below and is passed to the UNITE module
