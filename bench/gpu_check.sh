@@ -9,7 +9,8 @@
 # and causal-DiT training and rollout at the reference shape, and FID feature extraction.
 # bench/gpu_check.py describes each section. The script installs nothing: it runs the
 # project's Python (PYTHON, else .venv/bin/python, else python3) and writes
-# bench/results/gpu_check.json, or the file given with --out FILE.
+# bench/results/gpu_check.json (gpu_check_dry_run.json with --dry-run), or the file
+# given with --out FILE.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

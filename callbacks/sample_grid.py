@@ -21,7 +21,7 @@ def log_image(trainer: Trainer, tag: str, grid, step: int) -> None:
 
 
 class SampleGrid(Callback):
-    """Save and log a grid of generated images every `every_n_epochs` and at fit end.
+    """Save and log a grid of generated images every `every_n_epochs` and at fit end (`samples/final.png`).
 
     Args:
         classes: class labels to show, one row each; None = the first `max_rows` classes.
@@ -77,3 +77,6 @@ class SampleGrid(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             self.render(trainer, pl_module, f"epoch_{trainer.current_epoch:04d}")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.render(trainer, pl_module, "final")

@@ -36,14 +36,14 @@ def default_chemnet_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"the ChemNet weights for FCD ({CHEMNET_FILE}) were not found because the "
-            "package fcd-torch is not installed; install it with `pip install fcd-torch` "
+            "package fcd-torch is not installed; install it with `pip install --no-deps fcd-torch` "
             "or pass the path of the file as chemnet_path"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / CHEMNET_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"the ChemNet weights for FCD were not found at {path}; reinstall fcd-torch "
-            "(`pip install --force-reinstall fcd-torch`) or pass the file's path as chemnet_path"
+            "(`pip install --no-deps --force-reinstall fcd-torch`) or pass the file's path as chemnet_path"
         )
     return path
 

@@ -81,7 +81,7 @@ def test_demo_fit_writes_run_folder(tmp_path, capsys):
 
     run = tmp_path / "runs" / "unite_digits" / "version_0"
     assert f"Run folder: {run.resolve()}" in capsys.readouterr().out
-    for name in ("config.yaml", "samples.png", "reconstructions.png", "metrics.json", "samples.npz", "checkpoints/last.ckpt"):
+    for name in ("config.yaml", "samples.png", "samples/final.png", "reconstructions.png", "metrics.json", "samples.npz", "checkpoints/last.ckpt"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert np.isfinite(metrics["recon_psnr"])
