@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from unisep.networks.attention import Attention
-from unisep.networks.layers import SwiGLU, modulate, swiglu_hidden
+from unisep.networks.layers import RMSNorm, SwiGLU, modulate, swiglu_hidden
 
 
 class DiTBlock(nn.Module):
@@ -22,11 +22,11 @@ class DiTBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, qk_norm: bool = True, block_norm: bool = True):
         super().__init__()
-        self.norm1 = nn.RMSNorm(width, eps=1e-6)
+        self.norm1 = RMSNorm(width, eps=1e-6)
         self.attn = Attention(width, heads, qk_norm=qk_norm)
-        self.norm2 = nn.RMSNorm(width, eps=1e-6)
+        self.norm2 = RMSNorm(width, eps=1e-6)
         self.mlp = SwiGLU(width, swiglu_hidden(width, mlp_ratio))
-        self.norm3 = nn.RMSNorm(width, eps=1e-6) if block_norm else nn.Identity()
+        self.norm3 = RMSNorm(width, eps=1e-6) if block_norm else nn.Identity()
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
         nn.init.zeros_(self.modulation[-1].weight)
         nn.init.zeros_(self.modulation[-1].bias)
@@ -61,7 +61,7 @@ class FinalLayer(nn.Module):
 
     def __init__(self, width: int, out_channels: int):
         super().__init__()
-        self.norm = nn.RMSNorm(width, eps=1e-6)
+        self.norm = RMSNorm(width, eps=1e-6)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.linear = nn.Linear(width, out_channels)
         for layer in (self.modulation[-1], self.linear):

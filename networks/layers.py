@@ -23,6 +23,22 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
+class RMSNorm(nn.RMSNorm):
+    """`nn.RMSNorm` that casts its weight to the input's dtype.
+
+    Under bf16 autocast the activations reach the norm in bf16 while the weight stays
+    fp32, and PyTorch then skips the fused RMSNorm kernel (it warns "Mismatch dtype
+    between input and weight ... Cannot dispatch to fused implementation") for a chain
+    of element-wise kernels. The fused kernel accumulates in fp32 either way; only the
+    weight is rounded to bf16. In fp32 nothing changes. Parameters and state-dict keys
+    are those of `nn.RMSNorm`.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
+
+
 class SwiGLU(nn.Module):
     """SwiGLU feed-forward layer (Shazeer 2020): `w3(silu(x W1) * x W2)`.
 

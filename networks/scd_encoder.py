@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from unisep.networks.frame_causal_transformer import FrameCausalTransformer
 from unisep.networks.kv_cache import KVCache
+from unisep.networks.layers import RMSNorm
 from unisep.networks.weights import init_dit_weights
 
 
@@ -39,7 +40,7 @@ class CausalEncoder(FrameCausalTransformer):
         # The blocks end in an RMSNorm with a learnable gain. A final norm without a gain
         # fixes the context tokens at unit RMS, so the context noise added in training
         # (std 0.05) keeps one meaning however the gains drift.
-        self.out_norm = nn.RMSNorm(width, eps=1e-6, elementwise_affine=False)
+        self.out_norm = RMSNorm(width, eps=1e-6, elementwise_affine=False)
         init_dit_weights(self)
 
     def forward(
