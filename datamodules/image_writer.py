@@ -30,7 +30,7 @@ from rich.progress import track
 
 from unisep.datamodules.image_transforms import adm_center_crop
 from unisep.datamodules.shards import ShardIndex, ShardSetWriter
-from unisep.datamodules.writer_command import add_output_arguments, run_writer, writer_main
+from unisep.datamodules.writer_command import add_output_arguments, describe_skipped, run_writer, writer_main
 
 logger = logging.getLogger(__name__)
 
@@ -277,8 +277,8 @@ def run(args: argparse.Namespace) -> int:
             num_workers=args.workers,
             prefix=args.prefix,
         )
-        skipped = sum(index.skipped.values())
-        print(f"wrote {index.num_samples} images in {len(index.shards)} shards to {args.out} ({skipped} files skipped)")
+        skipped = describe_skipped(index.skipped, "files skipped")
+        print(f"wrote {index.num_samples} images in {len(index.shards)} shards to {args.out} ({skipped})")
 
     return run_writer(write)
 

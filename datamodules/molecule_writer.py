@@ -46,7 +46,7 @@ from unisep.datamodules.molecule_sources import (
 )
 from unisep.datamodules.molecule_vocabulary import QM9_ELEMENTS, QM9_MAX_ATOMS, ElementVocabulary
 from unisep.datamodules.shards import ShardIndex, ShardSetWriter
-from unisep.datamodules.writer_command import add_output_arguments, run_writer, writer_main
+from unisep.datamodules.writer_command import add_output_arguments, describe_skipped, run_writer, writer_main
 from unisep.metrics.molecules import AtomCloud, BondInferenceError, canonical_smiles, infer_bonds
 
 WRITE_COMMAND = "unisep data molecules --source qm9pack data/qm9"
@@ -337,9 +337,8 @@ def run(args: argparse.Namespace) -> int:
             options["qm9pack_table"] = load_qm9pack_table(args.input)
         for name, out in targets:
             index = write_molecule_shards(args.source, args.input, out, split=name, **options)
-            skipped = sum(index.skipped.values())
-            reasons = f": {index.skipped}" if skipped else ""
-            print(f"wrote {index.num_samples} molecules in {len(index.shards)} shards to {out} ({skipped} skipped{reasons})")
+            skipped = describe_skipped(index.skipped)
+            print(f"wrote {index.num_samples} molecules in {len(index.shards)} shards to {out} ({skipped})")
 
     return run_writer(write)
 

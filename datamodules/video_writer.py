@@ -34,7 +34,7 @@ from rich.progress import track
 
 from unisep.datamodules.image_transforms import CHANNEL_MODES, adm_center_crop
 from unisep.datamodules.shards import ShardIndex, ShardSetWriter
-from unisep.datamodules.writer_command import add_output_arguments, run_writer, writer_main
+from unisep.datamodules.writer_command import add_output_arguments, describe_skipped, run_writer, writer_main
 
 logger = logging.getLogger(__name__)
 
@@ -336,11 +336,8 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=not args.no_progress,
         )
-        skipped = sum(index.skipped.values())
-        print(
-            f"wrote {index.num_samples} samples (videos or segments) in {len(index.shards)} shards to {args.out}"
-            f" (skipped inputs: {skipped})"
-        )
+        skipped = describe_skipped(index.skipped, "inputs skipped")
+        print(f"wrote {index.num_samples} samples (videos or segments) in {len(index.shards)} shards to {args.out} ({skipped})")
 
     return run_writer(write)
 

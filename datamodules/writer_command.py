@@ -18,6 +18,15 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def describe_skipped(skipped: dict[str, int], noun: str = "skipped") -> str:
+    """Return e.g. `3 skipped: 2 not an image file, 1 unreadable image`, reasons by count then name."""
+    total = sum(skipped.values())
+    if not total:
+        return f"0 {noun}"
+    reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(skipped.items(), key=lambda item: (-item[1], item[0])))
+    return f"{total} {noun}: {reasons}"
+
+
 def run_writer(write: Callable[[], None]) -> int:
     """Run a writer's ``write()`` and return the exit status of the command.
 

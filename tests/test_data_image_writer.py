@@ -179,3 +179,12 @@ def test_add_arguments_defaults():
     assert args.shard_size == 1000
     assert args.format == "png"
     assert args.overwrite is False
+
+
+def test_summary_names_skip_reasons():
+    from unisep.datamodules.writer_command import describe_skipped
+
+    assert describe_skipped({}) == "0 skipped"
+    summary = describe_skipped({"unreadable image": 1, "not an image file": 2}, "files skipped")
+    assert summary == "3 files skipped: 2 not an image file, 1 unreadable image"
+    assert describe_skipped({"b": 1, "a": 1}) == "2 skipped: 1 a, 1 b"
