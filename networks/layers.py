@@ -32,6 +32,9 @@ class RMSNorm(nn.RMSNorm):
     of element-wise kernels. The fused kernel accumulates in fp32 either way; only the
     weight is rounded to bf16. In fp32 nothing changes. Parameters and state-dict keys
     are those of `nn.RMSNorm`.
+
+    NOTE: the gain is expected on CUDA, where it was not measured. On a 2-core CPU both
+    paths took the same time (about 35 ms for a (32, 256, 768) bf16 tensor, 1 thread).
     """
 
     def forward(self, x: Tensor) -> Tensor:
