@@ -35,6 +35,8 @@ class UnisepCLI(LightningCLI):
       previous checkpoint, unless the config names another `CheckpointIO`;
     - under `precision: bf16-mixed`, gradient clipping that works with the fused AdamW
       kernel (`unisep.training.precision.BF16MixedPrecision`);
+    - Lightning's rich progress bar labelled `Epoch 7` instead of `Epoch 7/-2` in runs
+      limited by `max_steps`;
     - under SLURM, the logger version `slurm-<job id>` (when the config leaves it
       unset) and `default_root_dir` in that run folder, so a requeued job logs, and
       Lightning writes its requeue checkpoint, into the same folder;
@@ -89,6 +91,7 @@ class UnisepCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         _allow_clipping_under_bf16(trainer)
+        _label_step_limited_progress(trainer)
         return trainer
 
     def fit(self, model, datamodule=None, ckpt_path=None, **kwargs: Any) -> None:
@@ -132,6 +135,19 @@ def _allow_clipping_under_bf16(trainer) -> None:
     plugin = trainer.strategy.precision_plugin
     if type(plugin) is MixedPrecision and plugin.precision == "bf16-mixed":
         trainer.strategy.precision_plugin = BF16MixedPrecision(device=plugin.device)
+
+
+def _label_step_limited_progress(trainer) -> None:
+    """Replace Lightning's default rich progress bar, which prints `Epoch 7/-2` under max_steps."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from unisep.callbacks.progress_bar import StepLimitedRichProgressBar
+
+    for callback in trainer.callbacks:
+        if type(callback) is RichProgressBar:
+            # The subclass adds no state, so switching the class keeps a configured
+            # bar's theme and refresh rate.
+            callback.__class__ = StepLimitedRichProgressBar
 
 
 def _logger_configs(trainer_config) -> list:

@@ -125,3 +125,19 @@ def test_bf16_mixed_fit_clips_fused_adamw(tmp_path):
     assert type(cli.trainer.precision_plugin) is BF16MixedPrecision
     assert cli.trainer.global_step == 2
     assert adamw_kernel(cli.model.parameters()) == {"fused": True}
+
+
+def test_cli_labels_step_limited_progress(tmp_path):
+    from unisep.callbacks.progress_bar import StepLimitedRichProgressBar
+    from unisep.cli import UnisepCLI
+
+    config = yaml.safe_load((REPO / "configs/demo/unite_digits.yaml").read_text())
+    config["data"]["init_args"]["demo_root"] = str(tmp_path / "data")
+    config["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "runs")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    cli = UnisepCLI(args=["--config", str(path)], run=False)
+
+    bars = [callback for callback in cli.trainer.callbacks if isinstance(callback, StepLimitedRichProgressBar)]
+    assert len(bars) == 1
