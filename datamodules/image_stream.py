@@ -114,7 +114,7 @@ class DecodeImages:
                 # PIL raises OSError for unidentified or truncated data, and SyntaxError
                 # or EOFError from some format plugins for damaged chunks.
                 skip_or_raise(
-                    sample, error, corrupt=self.corrupt, counter=self.counter, what="corrupt sample", log=logger
+                    sample, error, corrupt=self.corrupt, counter=self.counter, label="corrupt sample", log=logger
                 )
                 continue
             if rng is not None and rng.random() < 0.5:

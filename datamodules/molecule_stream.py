@@ -120,7 +120,7 @@ class DecodeMolecules:
                 decoded = self.decode(sample, rng)
             except ValueError as error:
                 skip_or_raise(
-                    sample, error, corrupt=self.corrupt, counter=self.counter, what="unusable molecule", log=logger
+                    sample, error, corrupt=self.corrupt, counter=self.counter, label="unusable molecule", log=logger
                 )
                 continue
             yield decoded

@@ -70,7 +70,7 @@ def skip_or_raise(
     *,
     corrupt: CorruptPolicy,
     counter: SkipCounter,
-    what: str,
+    label: str,
     log: logging.Logger,
 ) -> None:
     """Apply the ``corrupt`` policy to a sample that could not be decoded.
@@ -81,7 +81,7 @@ def skip_or_raise(
         corrupt: ``"raise"`` raises ``CorruptSampleError``; ``"skip"`` counts the
             sample and logs it (rate-limited by ``should_log_skip``).
         counter: Shared count of skipped samples.
-        what: What the sample is, for the messages, e.g. ``"corrupt sample"``.
+        label: Name of the sample kind in messages, e.g. ``"corrupt sample"``.
         log: Logger of the calling stream, so that records name the modality.
 
     Raises:
@@ -90,12 +90,12 @@ def skip_or_raise(
     key, url = sample.get("__key__"), sample.get("__url__")
     if corrupt == "raise":
         raise CorruptSampleError(
-            f"{what} {key!r} in shard {url}: {error!r}. "
+            f"{label} {key!r} in shard {url}: {error!r}. "
             'Set corrupt="skip" to skip such samples, or rewrite the shards.'
         ) from error
     total = counter.increment()
     if should_log_skip(total):
-        log.warning("Skipped %s %r in shard %s: %r (%d skipped so far)", what, key, url, error, total)
+        log.warning("Skipped %s %r in shard %s: %r (%d skipped so far)", label, key, url, error, total)
 
 
 class SkipUnreadableShard:
@@ -105,20 +105,20 @@ class SkipUnreadableShard:
     can unpickle it.
 
     Args:
-        what: What the shard holds, for the log, e.g. ``"video shard"``.
+        label: Name of the shard kind in the log, e.g. ``"video shard"``.
     """
 
-    def __init__(self, what: str = "shard") -> None:
-        self.what = what
+    def __init__(self, label: str = "shard") -> None:
+        self.label = label
 
     def __call__(self, error: Exception) -> bool:
-        logger.warning("Skipped the rest of a %s that could not be read: %r", self.what, error)
+        logger.warning("Skipped the rest of a %s that could not be read: %r", self.label, error)
         return True
 
 
-def tar_error_handler(corrupt: CorruptPolicy, what: str = "shard") -> Callable[[Exception], bool]:
+def tar_error_handler(corrupt: CorruptPolicy, label: str = "shard") -> Callable[[Exception], bool]:
     """Return the webdataset handler for unreadable tars: re-raise for ``"raise"``, else log and skip."""
-    return wds.reraise_exception if corrupt == "raise" else SkipUnreadableShard(what)
+    return wds.reraise_exception if corrupt == "raise" else SkipUnreadableShard(label)
 
 
 def worker_rng(seed: int, stage: int) -> random.Random:
